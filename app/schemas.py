@@ -1,0 +1,70 @@
+"""The HTTP API contract (the OpenAPI page is generated from these)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"task": "sentiment", "input": "a warm, funny film"}]},
+    )
+
+    task: str = Field(min_length=1, max_length=64, description="a task from the configuration")
+    input: str = Field(min_length=1, description="the text to classify or answer")
+    max_tokens: int | None = Field(None, ge=1, le=4096, description="generate tasks: limit")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    cache: bool = Field(True, description="false: neither read nor write the outcome cache")
+
+    @field_validator("input")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("input must contain some non-whitespace text")
+        return v
+
+
+class LevelTraceOut(BaseModel):
+    name: str
+    answered: bool = Field(description="this level's answer is the response")
+    confidence: float | None = Field(description="the level's confidence; null if it had none")
+    latency_ms: float
+    ready: bool = Field(description="false while a learned level has not learned anything yet")
+    valid: bool = Field(description="false when an LM answered outside the label set")
+    explored: bool = Field(description="deferred only to explore (the policy would answer)")
+    error: str | None = Field(description="why the level failed, if it did")
+
+
+class GenerateResponse(BaseModel):
+    request_id: str
+    task: str
+    output: str
+    label: str | None
+    level: str = Field(description="the level that answered")
+    levels: list[LevelTraceOut] = Field(description="every level tried, in order")
+    cached: bool
+    cost: float = Field(description="relative cost units from the configuration")
+    degraded: bool = Field(description="the large LM failed; a cheaper level's answer was used")
+    version: int = Field(description="learned version of the task's levels and policies")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=8, max_length=64)
+    label: str | None = Field(None, description="classify tasks: the correct label")
+    output: str | None = Field(None, description="generate tasks: the correct answer")
+
+
+class FeedbackResponse(BaseModel):
+    accepted: bool
+    request_id: str
+    task: str
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    errors: list[dict[str, Any]] | None = None

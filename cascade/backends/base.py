@@ -1,0 +1,61 @@
+"""What every LM backend returns: text plus the uncertainty signals deferral rules read."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class BackendError(RuntimeError):
+    """A model backend failed to answer (unreachable, timed out, bad response)."""
+
+
+@dataclass
+class LMResult:
+    """One answer of a language model.
+
+    ``token_logprobs`` are the log-probabilities of the generated tokens; ``entropies`` the
+    entropy of each step's (top-k, renormalised) distribution where the backend can see it;
+    ``label_probs`` the distribution over a classify task's labels, renormalised, with
+    ``label_mass`` the probability the model put on the labels at all.
+    """
+
+    text: str
+    model: str
+    token_logprobs: list[float] = field(default_factory=list)
+    entropies: list[float] | None = None
+    top_logprobs: list[dict[str, float]] | None = None
+    label_probs: dict[str, float] | None = None
+    label_mass: float | None = None
+    hidden: np.ndarray | None = None
+    finish_reason: str | None = None
+    latency_ms: float = 0.0
+    has_logprobs: bool = True
+
+    def label(self) -> str | None:
+        if not self.label_probs:
+            return None
+        return max(self.label_probs.items(), key=lambda kv: kv[1])[0]
+
+
+def entropy_of_logprobs(logprobs: np.ndarray) -> float:
+    """Entropy (nats) of a distribution given by (possibly truncated) log-probabilities."""
+    lp = np.asarray(logprobs, dtype=np.float64)
+    lp = lp - np.logaddexp.reduce(lp)
+    return float(-(np.exp(lp) * lp).sum())
+
+
+def label_distribution(
+    pairs: list[tuple[str | None, float]], labels: list[str]
+) -> tuple[dict[str, float], float]:
+    """Sum token probabilities per label and renormalise; also return the mass on labels."""
+    mass = dict.fromkeys(labels, 0.0)
+    for lab, lp in pairs:
+        if lab is not None:
+            mass[lab] += math.exp(lp)
+    total = sum(mass.values())
+    if total <= 0.0:
+        return {lab: 1.0 / len(labels) for lab in labels}, 0.0
+    return {lab: v / total for lab, v in mass.items()}, total

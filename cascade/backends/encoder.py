@@ -1,0 +1,60 @@
+"""Sentence embeddings from a local transformers encoder (all-MiniLM-L6-v2 by default).
+
+Loaded from a directory fetched by ``cascade-gateway models fetch``, with the hub switched off:
+nothing is downloaded at run time. Mean pooling and L2 normalisation, as sentence-transformers
+does for this model.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from cascade.backends.base import BackendError
+
+
+class EncoderBackend:
+    def __init__(self, path: Path, max_length: int = 128, name: str | None = None) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        if not (path / "config.json").is_file():
+            raise BackendError(
+                f"encoder directory {path} not found; run `cascade-gateway models fetch`"
+            )
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self.name = name or path.name
+        self.path = path
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        self.model.eval()
+        self.dim = int(self.model.config.hidden_size)
+        self._lock = threading.Lock()
+
+    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """(len(texts), dim) float32 unit vectors."""
+        torch = self._torch
+        out = []
+        with self._lock, torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                enc = self.tokenizer(
+                    texts[i : i + batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                out.append(pooled.numpy().astype(np.float32))
+        if not out:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(out)

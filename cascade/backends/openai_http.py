@@ -1,0 +1,294 @@
+"""Any OpenAI-compatible chat endpoint (vLLM, llama.cpp server, OpenAI) through httpx.
+
+One retry loop lives here, in the gateway: bounded retries with exponential backoff on
+connection errors, timeouts, 429 and 5xx, honouring ``Retry-After``, and never past the
+caller's deadline. ``logprobs`` are asked for; an endpoint that does not return them is
+noticed once and reported, and its answers carry ``has_logprobs=False`` instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+
+from cascade.backends.base import BackendError, LMResult, entropy_of_logprobs, label_distribution
+from cascade.prompts import LabelMatcher, Message
+
+log = logging.getLogger(__name__)
+
+CLASSIFY_TOP_LOGPROBS = 20
+_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class ResponseCache(Protocol):
+    """Replay store for raw responses, keyed by (model, payload); used by benchmarks."""
+
+    def get(self, model: str, key: str) -> dict[str, Any] | None: ...
+
+    def put(
+        self, model: str, key: str, payload: dict[str, Any], response: dict[str, Any]
+    ) -> None: ...
+
+
+def payload_key(payload: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a request payload without its model and stream flags."""
+    body = {k: v for k, v in payload.items() if k not in ("model", "stream", "stream_options")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class OpenAIBackend:
+    """Async client for one model on one OpenAI-compatible endpoint."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout_s: float = 30.0,
+        max_retries: int = 2,
+        backoff_s: float = 0.25,
+        logprobs: bool = True,
+        top_logprobs: int = 20,
+        cache: ResponseCache | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.name = model
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.want_logprobs = logprobs
+        self.top_logprobs = top_logprobs
+        self.cache = cache
+        self.logprobs_supported: bool | None = None  # learned from the first answer
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 3.0)),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # ------------------------------------------------------------------ transport
+
+    async def _post(self, payload: dict[str, Any], deadline: float | None) -> dict[str, Any]:
+        key = payload_key(payload)
+        if self.cache is not None:
+            hit = self.cache.get(self.model, key)
+            if hit is not None:
+                return hit
+        attempt = 0
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise BackendError(f"{self.model}: deadline passed before an answer")
+            timeout = self.timeout_s if remaining is None else min(self.timeout_s, remaining)
+            wait: float | None = None
+            try:
+                resp = await self._client.post(
+                    "/chat/completions", json=payload, timeout=httpx.Timeout(timeout)
+                )
+            except (httpx.TimeoutException, httpx.TransportError) as e:
+                err: str = f"{type(e).__name__}: {e}".rstrip(": ")
+            else:
+                if resp.status_code == 200:
+                    try:
+                        data = resp.json()
+                    except ValueError as e:
+                        raise BackendError(f"{self.model}: answer is not JSON: {e}") from e
+                    if self.cache is not None:
+                        self.cache.put(self.model, key, payload, data)
+                    return data
+                err = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                if resp.status_code not in _RETRY_STATUS:
+                    raise BackendError(f"{self.model} at {self.base_url}: {err}")
+                wait = _retry_after(resp)
+            if attempt >= self.max_retries:
+                raise BackendError(
+                    f"{self.model} at {self.base_url}: {err} (after {attempt + 1} attempts)"
+                )
+            if wait is None:
+                wait = self.backoff_s * (2**attempt)
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                raise BackendError(f"{self.model} at {self.base_url}: {err}; no time to retry")
+            attempt += 1
+            await asyncio.sleep(wait)
+
+    def _base_payload(
+        self, messages: list[Message], max_tokens: int, temperature: float, top_logprobs: int
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
+        if self.want_logprobs and self.logprobs_supported is not False:
+            payload["logprobs"] = True
+            if top_logprobs:
+                payload["top_logprobs"] = top_logprobs
+        return payload
+
+    def _note_logprobs(self, content: list[Any] | None) -> None:
+        if self.want_logprobs and self.logprobs_supported is None:
+            self.logprobs_supported = bool(content)
+            if not content:
+                log.warning(
+                    "%s at %s returns no logprobs: deferral rules fall back to what is available",
+                    self.model,
+                    self.base_url,
+                )
+
+    # ------------------------------------------------------------------ calls
+
+    async def classify(
+        self, messages: list[Message], matcher: LabelMatcher, deadline: float | None = None
+    ) -> LMResult:
+        t0 = time.perf_counter()
+        # label probabilities need the widest view of the first token the API allows
+        payload = self._base_payload(messages, 1, 0.0, CLASSIFY_TOP_LOGPROBS)
+        data = await self._post(payload, deadline)
+        result = parse_chat_response(data, self.model, matcher)
+        self._note_logprobs(((data.get("choices") or [{}])[0].get("logprobs") or {}).get("content"))
+        result.latency_ms = (time.perf_counter() - t0) * 1000
+        return result
+
+    async def generate(
+        self,
+        messages: list[Message],
+        max_tokens: int,
+        temperature: float = 0.0,
+        deadline: float | None = None,
+    ) -> LMResult:
+        t0 = time.perf_counter()
+        payload = self._base_payload(messages, max_tokens, temperature, self.top_logprobs)
+        data = await self._post(payload, deadline)
+        result = parse_chat_response(data, self.model, None)
+        self._note_logprobs(((data.get("choices") or [{}])[0].get("logprobs") or {}).get("content"))
+        result.latency_ms = (time.perf_counter() - t0) * 1000
+        return result
+
+    async def stream(
+        self,
+        messages: list[Message],
+        max_tokens: int,
+        temperature: float = 0.0,
+        deadline: float | None = None,
+    ) -> AsyncIterator[tuple[str, LMResult | None]]:
+        """Yield text deltas as the endpoint streams them, then ("", final result)."""
+        payload = self._base_payload(messages, max_tokens, temperature, self.top_logprobs)
+        payload["stream"] = True
+        t0 = time.perf_counter()
+        remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
+        timeout = self.timeout_s if remaining is None else min(self.timeout_s, remaining)
+        parts: list[str] = []
+        lps: list[float] = []
+        tops: list[dict[str, float]] = []
+        finish = None
+        try:
+            async with self._client.stream(
+                "POST", "/chat/completions", json=payload, timeout=httpx.Timeout(timeout)
+            ) as resp:
+                if resp.status_code != 200:
+                    body = (await resp.aread()).decode("utf-8", "replace")[:200]
+                    raise BackendError(f"{self.model}: HTTP {resp.status_code}: {body}")
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    chunk = line[5:].strip()
+                    if chunk == "[DONE]":
+                        break
+                    obj = json.loads(chunk)
+                    choice = (obj.get("choices") or [{}])[0]
+                    delta = (choice.get("delta") or {}).get("content") or ""
+                    for item in ((choice.get("logprobs") or {}).get("content")) or []:
+                        lps.append(float(item["logprob"]))
+                        tops.append(_top_map(item))
+                    finish = choice.get("finish_reason") or finish
+                    if delta:
+                        parts.append(delta)
+                        yield delta, None
+        except (httpx.TimeoutException, httpx.TransportError) as e:
+            raise BackendError(f"{self.model} at {self.base_url}: {type(e).__name__}") from e
+        yield (
+            "",
+            LMResult(
+                text="".join(parts),
+                model=self.model,
+                token_logprobs=lps,
+                entropies=[entropy_of_logprobs(np.fromiter(t.values(), float)) for t in tops if t]
+                or None,
+                top_logprobs=tops or None,
+                finish_reason=finish,
+                latency_ms=(time.perf_counter() - t0) * 1000,
+                has_logprobs=bool(lps),
+            ),
+        )
+
+    async def ping(self, timeout_s: float = 1.0) -> bool:
+        try:
+            resp = await self._client.get("/models", timeout=httpx.Timeout(timeout_s))
+        except (httpx.TimeoutException, httpx.TransportError):
+            return False
+        return resp.status_code < 500
+
+
+def _top_map(item: dict[str, Any]) -> dict[str, float]:
+    tops = item.get("top_logprobs") or []
+    return {t["token"]: float(t["logprob"]) for t in tops if "token" in t and "logprob" in t}
+
+
+def parse_chat_response(data: dict[str, Any], model: str, matcher: LabelMatcher | None) -> LMResult:
+    """An OpenAI chat completion body as an LMResult (labels read when given a matcher)."""
+    try:
+        choice = data["choices"][0]
+        text = choice["message"].get("content") or ""
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
+        raise BackendError(f"{model}: malformed chat completion: {str(data)[:200]}") from e
+    content = (choice.get("logprobs") or {}).get("content") or []
+    lps = [float(c["logprob"]) for c in content if "logprob" in c]
+    tops = [_top_map(c) for c in content]
+    entropies = [entropy_of_logprobs(np.fromiter(t.values(), float)) for t in tops if t]
+    result = LMResult(
+        text=text,
+        model=model,
+        token_logprobs=lps,
+        entropies=entropies or None,
+        top_logprobs=tops or None,
+        finish_reason=choice.get("finish_reason"),
+        has_logprobs=bool(content),
+    )
+    if matcher is not None:
+        answered = matcher.match_text(text)
+        if tops and tops[0]:
+            pairs = [(matcher.match_token(tok), lp) for tok, lp in tops[0].items()]
+            result.label_probs, result.label_mass = label_distribution(pairs, matcher.labels)
+            if answered is None:
+                result.label_probs = None  # the model answered outside the label set
+        elif answered is not None:
+            result.label_probs = {lab: float(lab == answered) for lab in matcher.labels}
+            result.label_mass = math.nan
+    return result

@@ -1,0 +1,252 @@
+"""The YAML configuration: model backends, tasks and their ordered levels.
+
+Validated with pydantic so that a bad file stops start-up with a message naming the file, the
+field and what is wrong, instead of failing on the first request. ``${VAR}`` and
+``${VAR:-default}`` are replaced from the environment so one file serves every deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+def _default_config() -> Path:
+    """deploy/config.yaml in a checkout; the copy packaged into the wheel otherwise."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "deploy" / "config.yaml"
+    return checkout if checkout.is_file() else here / "default_config.yaml"
+
+
+DEFAULT_CONFIG = _default_config()
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------- backends
+
+
+class LlamaBackend(_Strict):
+    """A GGUF model run in-process by llama-cpp-python."""
+
+    kind: Literal["llama"]
+    model: str = Field(description="GGUF file, absolute or relative to the models directory")
+    n_ctx: int = Field(2048, ge=256)
+    n_threads: int | None = Field(None, ge=1)
+    top_k_entropy: int = Field(20, ge=0, le=1000, description="top-k used for per-step entropy")
+
+
+class OpenAIBackend(_Strict):
+    """Any OpenAI-compatible endpoint: vLLM, llama.cpp server, OpenAI itself."""
+
+    kind: Literal["openai"]
+    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8081/v1; None: local")
+    model: str = "large"
+    api_key: str | None = None
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    backoff_s: float = Field(0.25, ge=0)
+    logprobs: bool = True
+    top_logprobs: int = Field(20, ge=0, le=20)
+
+
+class EncoderBackend(_Strict):
+    """A sentence encoder (transformers) used for embeddings."""
+
+    kind: Literal["encoder"]
+    model: str = Field("all-MiniLM-L6-v2", description="directory, absolute or under models dir")
+    max_length: int = Field(128, ge=8, le=512)
+
+
+Backend = Annotated[LlamaBackend | OpenAIBackend | EncoderBackend, Field(discriminator="kind")]
+
+
+# ---------------------------------------------------------------------------------- policies
+
+
+class ThresholdPolicyConfig(_Strict):
+    """Answer when the level's confidence reaches ``threshold``; otherwise defer."""
+
+    kind: Literal["threshold"] = "threshold"
+    threshold: float = Field(0.9, ge=0.0, le=1.0)
+
+
+class PolicyConfigAny(_Strict):
+    """Any other policy kind; its own parameters are validated by the policy registry."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: str
+
+
+def _policy(v: object) -> object:
+    if isinstance(v, Mapping) and v.get("kind", "threshold") == "threshold":
+        return ThresholdPolicyConfig.model_validate(v)
+    return PolicyConfigAny.model_validate(v) if isinstance(v, Mapping) else v
+
+
+# ---------------------------------------------------------------------------------- levels
+
+LevelKind = Literal["logistic", "encoder", "local_lm", "openai"]
+
+
+class LevelConfig(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_\-]{0,31}$")
+    kind: LevelKind
+    backend: str | None = Field(None, description="backend name for encoder/local_lm/openai")
+    cost: float = Field(gt=0, description="relative cost of one call of this level")
+    policy: ThresholdPolicyConfig | PolicyConfigAny = ThresholdPolicyConfig()
+    params: dict[str, object] = Field(default_factory=dict, description="level hyper-parameters")
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _parse_policy(cls, v: object) -> object:
+        return _policy(v)
+
+
+class PromptConfig(_Strict):
+    system: str | None = None
+    user: str = "{input}"
+
+    @field_validator("user")
+    @classmethod
+    def _has_input(cls, v: str) -> str:
+        if "{input}" not in v:
+            raise ValueError("the user template must contain the placeholder {input}")
+        return v
+
+
+class TaskConfig(_Strict):
+    kind: Literal["classify", "generate"]
+    labels: list[str] = Field(default_factory=list)
+    label_words: dict[str, str] = Field(
+        default_factory=dict, description="what an LM says for a label, if not the label itself"
+    )
+    prompt: PromptConfig = PromptConfig()
+    max_tokens: int = Field(128, ge=1, le=4096)
+    levels: list[LevelConfig] = Field(min_length=1)
+    cache_ttl_s: int = Field(86_400, ge=0)
+    shared_cache: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskConfig:
+        if self.kind == "classify":
+            if len(self.labels) < 2:
+                raise ValueError("a classify task needs at least two labels")
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError("labels must be unique")
+            unknown = set(self.label_words) - set(self.labels)
+            if unknown:
+                raise ValueError(f"label_words names unknown labels: {sorted(unknown)}")
+        elif self.labels:
+            raise ValueError("labels are only for classify tasks")
+        names = [lv.name for lv in self.levels]
+        if len(set(names)) != len(names):
+            raise ValueError(f"level names must be unique within a task, got {names}")
+        last = self.levels[-1]
+        if last.kind not in ("local_lm", "openai"):
+            raise ValueError(f"the last level is the large LM and must be an LM, not {last.kind!r}")
+        for lv in self.levels:
+            if self.kind == "generate" and lv.kind in ("logistic", "encoder"):
+                raise ValueError(
+                    f"level {lv.name!r}: kind {lv.kind!r} can only answer classify tasks"
+                )
+        return self
+
+    def word(self, label: str) -> str:
+        return self.label_words.get(label, label)
+
+
+class Defaults(_Strict):
+    request_timeout_s: float = Field(60.0, gt=0)
+    max_input_bytes: int = Field(32 * 1024, ge=1)
+
+
+class Config(_Strict):
+    backends: dict[str, Backend] = Field(default_factory=dict)
+    tasks: dict[str, TaskConfig] = Field(min_length=1)
+    defaults: Defaults = Defaults()
+
+    @model_validator(mode="after")
+    def _backends_exist(self) -> Config:
+        needs = {"encoder": "encoder", "local_lm": "llama", "openai": "openai"}
+        for tname, task in self.tasks.items():
+            for lv in task.levels:
+                if lv.kind not in needs:
+                    continue
+                if lv.backend is None:
+                    raise ValueError(f"tasks.{tname}.levels.{lv.name}: needs a backend")
+                b = self.backends.get(lv.backend)
+                if b is None:
+                    raise ValueError(
+                        f"tasks.{tname}.levels.{lv.name}: unknown backend {lv.backend!r} "
+                        f"(known: {sorted(self.backends)})"
+                    )
+                if b.kind != needs[lv.kind]:
+                    raise ValueError(
+                        f"tasks.{tname}.levels.{lv.name}: a {lv.kind} level needs a "
+                        f"{needs[lv.kind]} backend, {lv.backend!r} is {b.kind}"
+                    )
+        return self
+
+
+def _interpolate(text: str, env: Mapping[str, str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        value = env.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        return ""
+
+    return _VAR.sub(sub, text)
+
+
+def _null_empty(obj: object) -> object:
+    """Turn values that interpolated to an empty string into None (unset)."""
+    if isinstance(obj, dict):
+        return {k: _null_empty(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_null_empty(v) for v in obj]
+    return None if obj == "" else obj
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"invalid configuration in {path}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        lines.append(f"  {loc or '(top level)'}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, interpolate and validate a config file; raise ConfigError naming file and field."""
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        raw = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read configuration file {p}: {e.strerror or e}") from e
+    try:
+        data = yaml.safe_load(_interpolate(raw, os.environ if env is None else env))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML in {p}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {p}: the top level must be a mapping")
+    try:
+        return Config.model_validate(_null_empty(data))
+    except ValidationError as e:
+        raise ConfigError(_format_errors(p, e)) from e

@@ -1,0 +1,68 @@
+"""Feedback: a correct answer for a request already served becomes a demonstration.
+
+It outranks the large LM's answer for the same item: the learner applies it with a higher
+weight (and after the LLM's, so it has the last word), and the request's cached outcome is
+replaced so the same request is answered correctly from now on.
+"""
+
+from __future__ import annotations
+
+from cascade.demos import build_demo
+from cascade.levels.base import LevelOutput
+from cascade.runner import Cascade
+
+
+class FeedbackError(ValueError):
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def submit_feedback(
+    cascade: Cascade,
+    request_id: str,
+    label: str | None,
+    output: str | None,
+    tenant: str | None = None,
+) -> str:
+    """Validate the correction against the request's task and append it; return the task."""
+    record = await cascade.store.get_record(f"req:{request_id}")
+    if record is None:
+        raise FeedbackError(
+            f"no answered request {request_id!r} is on record (unknown, expired, "
+            "answered from the cache, or the store was unreachable)",
+            status=404,
+        )
+    if record.get("tenant") != tenant:
+        raise FeedbackError(f"no answered request {request_id!r} is on record", status=404)
+    rt = cascade.task(record["task"])
+    if rt.config.kind == "classify":
+        if label is None:
+            raise FeedbackError(f"task {rt.name!r} is classify: give a label")
+        if label not in rt.config.labels:
+            raise FeedbackError(f"label {label!r} is not one of {rt.config.labels}")
+        text = label
+    else:
+        if not output or not output.strip():
+            raise FeedbackError(f"task {rt.name!r} is generate: give the correct output")
+        text = output
+    answer = LevelOutput(name="feedback", text=text, label=label)
+    demo = build_demo(
+        rt.name,
+        request_id,
+        record["input"],
+        answer,
+        record.get("levels", {}),
+        int(record.get("version", 0)),
+        None,
+        source="feedback",
+    )
+    await cascade.store.append_demo(rt.name, demo)
+    cascade.store.count(rt.name, {"feedback": 1})
+    if record.get("cache_key"):
+        await cascade.store.cache_set(
+            record["cache_key"],
+            {"output": text, "label": label, "level": "feedback"},
+            rt.config.cache_ttl_s,
+        )
+    return rt.name

@@ -1,0 +1,30 @@
+"""Level kinds and the factory that builds a task's levels from its configuration."""
+
+from __future__ import annotations
+
+from cascade.backends import BackendPool
+from cascade.config import LevelConfig, TaskConfig
+from cascade.levels.base import Demo, Level, LevelOutput, Query
+
+__all__ = ["Demo", "Level", "LevelOutput", "Query", "build_level"]
+
+
+def build_level(cfg: LevelConfig, task: TaskConfig, pool: BackendPool) -> Level:
+    if cfg.kind == "logistic":
+        from cascade.levels.logistic import LogisticLevel
+
+        return LogisticLevel(cfg, task)
+    assert cfg.backend is not None
+    if cfg.kind == "encoder":
+        from cascade.levels.encoder import EncoderLevel
+
+        return EncoderLevel(cfg, task, pool.encoder(cfg.backend))
+    if cfg.kind == "local_lm":
+        from cascade.levels.lm import LocalLMLevel
+
+        return LocalLMLevel(cfg, task, pool.llama(cfg.backend))
+    if cfg.kind == "openai":
+        from cascade.levels.lm import OpenAILevel
+
+        return OpenAILevel(cfg, task, pool.openai(cfg.backend))
+    raise ValueError(f"unknown level kind {cfg.kind!r}")

@@ -1,0 +1,116 @@
+"""Start llama.cpp's OpenAI-compatible server on loopback for the large LM, and stop it again.
+
+The large level is a real HTTP endpoint even on one machine, so the same code path serves a
+local GGUF, a vLLM cluster or OpenAI. ``make serve`` and the benchmarks use this when
+``LLM_BASE_URL`` is not set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalLLMServer:
+    """``python -m llama_cpp.server`` as a child process; a context manager."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        alias: str,
+        port: int | None = None,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        log_path: Path | None = None,
+        ready_timeout_s: float = 120.0,
+    ) -> None:
+        if not model_path.is_file():
+            raise FileNotFoundError(
+                f"large model {model_path} not found; run `cascade-gateway models fetch`"
+            )
+        self.model_path = model_path
+        self.alias = alias
+        self.port = port or free_port()
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or min(os.cpu_count() or 2, 8)
+        self.log_path = log_path
+        self.ready_timeout_s = ready_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> LocalLLMServer:
+        cmd = [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.model_path),
+            "--model_alias",
+            self.alias,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_threads",
+            str(self.n_threads),
+            "--n_ctx",
+            str(self.n_ctx),
+        ]
+        out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"llama_cpp.server exited with code {self.proc.returncode} while starting"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            try:
+                if httpx.get(f"{self.base_url}/models", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"llama_cpp.server did not answer within {self.ready_timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def __enter__(self) -> LocalLLMServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,73 @@
+"""Turn raw counters into the per-task, per-level figures of ``/admin/stats``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def wilson(successes: float, n: float, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson score interval for a proportion; None without observations."""
+    if n <= 0:
+        return None
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _r(x: float, nd: int = 4) -> float:
+    return round(float(x), nd)
+
+
+def level_stats(c: dict[str, float], name: str) -> dict[str, Any]:
+    def g(k: str) -> float:
+        return c.get(f"lvl:{name}:{k}", 0.0)
+
+    seen, answered, deferred = g("seen"), g("answered"), g("deferred")
+    out: dict[str, Any] = {
+        "seen": int(seen),
+        "answered": int(answered),
+        "deferred": int(deferred),
+        "deferral_rate": _r(deferred / seen) if seen else None,
+        "invalid": int(g("invalid")),
+        "failed": int(g("failed")),
+        "explored": int(g("explored")),
+        "mean_latency_ms": _r(g("latency_ms") / seen, 3) if seen else None,
+    }
+    n, agree = g("agree_n"), g("agree")
+    out["agreement_with_large"] = {
+        "n": int(n),
+        "rate": _r(agree / n) if n else None,
+        "ci95": [_r(x) for x in ci] if (ci := wilson(agree, n)) else None,
+    }
+    # unbiased: among explored items the level would have answered
+    en, ea = g("est_n"), g("est_agree")
+    out["agreement_when_answering"] = {
+        "n": int(en),
+        "estimate": _r(ea / en) if en else None,
+        "ci95": [_r(x) for x in ci] if (ci := wilson(ea, en)) else None,
+    }
+    return out
+
+
+def task_stats(c: dict[str, float], level_names: list[str]) -> dict[str, Any]:
+    requests = c.get("requests", 0.0)
+    cost, llm_only = c.get("cost", 0.0), c.get("cost_llm_only", 0.0)
+    hits = c.get("cache_hits", 0.0)
+    return {
+        "requests": int(requests),
+        "cache_hits": int(hits),
+        "cache_hit_rate": _r(hits / requests) if requests else None,
+        "large_llm_calls": int(c.get("llm_calls", 0.0)),
+        "large_llm_share": _r(c.get("llm_calls", 0.0) / requests) if requests else None,
+        "degraded": int(c.get("degraded", 0.0)),
+        "unavailable": int(c.get("unavailable", 0.0)),
+        "cost": _r(cost, 6),
+        "cost_llm_only": _r(llm_only, 6),
+        "cost_saved": _r(llm_only - cost, 6),
+        "cost_saved_rate": _r(1 - cost / llm_only) if llm_only else None,
+        "demonstrations": int(c.get("demos", 0.0)),
+        "levels": {name: level_stats(c, name) for name in level_names},
+    }

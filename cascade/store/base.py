@@ -1,0 +1,178 @@
+"""The store: outcome cache, shared counters, demonstrations and model versions.
+
+Two implementations share this contract: ``MemoryStore`` (embedded, one process, demonstrations
+and versions in files under the data directory) and ``RedisStore`` (shared by every gateway
+process). Counters are buffered locally and flushed in the background, so the hot path pays no
+round trip for them and a Redis outage loses none: they are flushed when Redis returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Time buckets kept for windowed statistics: (name, seconds per bucket, how long kept).
+BUCKETS = (("m", 60, 2 * 3600), ("h", 3600, 26 * 3600))
+
+WINDOWS = {"5m": 300, "1h": 3600, "24h": 86400, "all": None}
+
+
+def bucket_plan(window_s: int) -> tuple[str, int, int]:
+    """Which bucket series answers a window, and how many buckets (the current one included)."""
+    name, size, _ = BUCKETS[0] if window_s <= 2 * 3600 else BUCKETS[1]
+    return name, size, window_s // size + 1
+
+
+class Store(ABC):
+    """Shared state of the gateway; every method fails open where the hot path calls it."""
+
+    kind: str = "abstract"
+
+    def __init__(self, flush_interval_s: float = 0.2) -> None:
+        self._pending: dict[str, defaultdict[str, float]] = {}
+        self._pending_buckets: dict[tuple[str, str, int], defaultdict[str, float]] = {}
+        self._flush_interval_s = flush_interval_s
+        self._flusher: asyncio.Task[None] | None = None
+        self.errors = 0  # swallowed errors, exposed as a metric
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_loop(), name="counter-flusher")
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self.flush_counters()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_interval_s)
+            try:
+                await self.flush_counters()
+            except Exception:  # never let the flusher die
+                log.exception("counter flush failed")
+
+    @abstractmethod
+    async def ping(self) -> bool: ...
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    # ------------------------------------------------------------------ outcome cache
+
+    @abstractmethod
+    async def cache_get(self, key: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    async def cache_set(self, key: str, value: dict[str, Any], ttl_s: int) -> None: ...
+
+    # ------------------------------------------------------------------ counters
+
+    def count(self, task: str, deltas: dict[str, float], now: float | None = None) -> None:
+        """Add to a task's counters (all-time and time buckets); flushed in the background."""
+        now = time.time() if now is None else now
+        total = self._pending.setdefault(task, defaultdict(float))
+        for k, v in deltas.items():
+            total[k] += v
+        for name, size, _ in BUCKETS:
+            b = self._pending_buckets.setdefault((task, name, int(now // size)), defaultdict(float))
+            for k, v in deltas.items():
+                b[k] += v
+
+    async def flush_counters(self) -> None:
+        if not self._pending and not self._pending_buckets:
+            return
+        pending, buckets = self._pending, self._pending_buckets
+        self._pending, self._pending_buckets = {}, {}
+        try:
+            await self._write_counters(pending, buckets)
+        except Exception as e:  # keep them and try again later
+            self.errors += 1
+            log.debug("counters kept locally: %s", e)
+            for task, d in pending.items():
+                tgt = self._pending.setdefault(task, defaultdict(float))
+                for k, v in d.items():
+                    tgt[k] += v
+            for key, d in buckets.items():
+                tgt = self._pending_buckets.setdefault(key, defaultdict(float))
+                for k, v in d.items():
+                    tgt[k] += v
+
+    @property
+    def pending_counters(self) -> int:
+        return sum(len(d) for d in self._pending.values())
+
+    @abstractmethod
+    async def _write_counters(
+        self,
+        totals: dict[str, defaultdict[str, float]],
+        buckets: dict[tuple[str, str, int], defaultdict[str, float]],
+    ) -> None: ...
+
+    @abstractmethod
+    async def read_counters(self, task: str, window_s: int | None = None) -> dict[str, float]:
+        """Counters of a task over the last ``window_s`` seconds (None: since the beginning)."""
+
+    # ------------------------------------------------------------------ demonstrations
+
+    @abstractmethod
+    async def append_demo(self, task: str, demo: dict[str, Any]) -> None:
+        """Append durably (or buffer and retry); never raises on the hot path."""
+
+    @abstractmethod
+    async def resume_demos(self, task: str, consumer: str, applied_id: str | None) -> None:
+        """Position ``consumer`` right after ``applied_id`` (the last id its version holds)."""
+
+    @abstractmethod
+    async def read_demos(
+        self, task: str, consumer: str, count: int, block_ms: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Next unprocessed demonstrations for this consumer, in order."""
+
+    @abstractmethod
+    async def ack_demos(self, task: str, ids: list[str]) -> None: ...
+
+    @abstractmethod
+    async def demo_lag(self, task: str) -> int:
+        """Demonstrations appended but not yet acknowledged by the learner."""
+
+    @property
+    def demos_dropped(self) -> int:
+        return 0
+
+    @property
+    def demos_buffered(self) -> int:
+        return 0
+
+    # ------------------------------------------------------------------ versions
+
+    @abstractmethod
+    async def put_version(self, task: str, blob: bytes, keep: int = 5) -> int:
+        """Store a new version of a task's learned state; return its number."""
+
+    @abstractmethod
+    async def latest_version(self, task: str) -> int:
+        """Latest version number (0: none yet)."""
+
+    @abstractmethod
+    async def get_version(self, task: str, number: int) -> bytes | None: ...
+
+    # ------------------------------------------------------------------ records
+
+    @abstractmethod
+    async def put_record(self, key: str, value: dict[str, Any], ttl_s: int | None) -> None: ...
+
+    @abstractmethod
+    async def get_record(self, key: str) -> dict[str, Any] | None: ...

@@ -1,0 +1,232 @@
+"""Embedded store for one process: no Redis needed to serve.
+
+Cache, counters and request records live in memory (bounded); demonstrations go to an
+append-only JSONL file per task and versions to files under the data directory, so a restarted
+gateway resumes its learned state and no demonstration is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections import OrderedDict, defaultdict
+from pathlib import Path
+from typing import Any
+
+from cascade.store.base import BUCKETS, Store, bucket_plan
+
+
+class _TTLDict:
+    """A bounded LRU of values with per-entry expiry."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._d: OrderedDict[str, tuple[float | None, Any]] = OrderedDict()
+        self.max_entries = max_entries
+
+    def get(self, key: str) -> Any | None:
+        item = self._d.get(key)
+        if item is None:
+            return None
+        exp, value = item
+        if exp is not None and exp < time.monotonic():
+            del self._d[key]
+            return None
+        self._d.move_to_end(key)
+        return value
+
+    def set(self, key: str, value: Any, ttl_s: float | None) -> None:
+        exp = None if not ttl_s else time.monotonic() + ttl_s
+        self._d[key] = (exp, value)
+        self._d.move_to_end(key)
+        while len(self._d) > self.max_entries:
+            self._d.popitem(last=False)
+
+
+def _seq(demo_id: str) -> int:
+    return int(demo_id.split("-", 1)[1])
+
+
+class MemoryStore(Store):
+    kind = "embedded"
+
+    def __init__(self, data_dir: Path, max_cache_entries: int = 100_000) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self._cache = _TTLDict(max_cache_entries)
+        self._records = _TTLDict(max_cache_entries)
+        self._totals: dict[str, defaultdict[str, float]] = {}
+        self._buckets: dict[tuple[str, str, int], defaultdict[str, float]] = {}
+        self._demo_lines: dict[str, int] = {}  # lines in each task's file
+        self._read_pos: dict[str, int] = {}  # next line to hand to the learner
+        self._read_off: dict[str, int] = {}  # its byte offset in the file
+        self._acked: dict[str, int] = {}
+        self._demo_event = asyncio.Event()
+        self._file_lock = asyncio.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "data_dir": str(self.data_dir)}
+
+    async def ping(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ cache and records
+
+    async def cache_get(self, key: str) -> dict[str, Any] | None:
+        return self._cache.get(key)
+
+    async def cache_set(self, key: str, value: dict[str, Any], ttl_s: int) -> None:
+        if ttl_s > 0:
+            self._cache.set(key, value, ttl_s)
+
+    async def put_record(self, key: str, value: dict[str, Any], ttl_s: int | None) -> None:
+        self._records.set(key, value, ttl_s)
+
+    async def get_record(self, key: str) -> dict[str, Any] | None:
+        return self._records.get(key)
+
+    # ------------------------------------------------------------------ counters
+
+    async def _write_counters(
+        self,
+        totals: dict[str, defaultdict[str, float]],
+        buckets: dict[tuple[str, str, int], defaultdict[str, float]],
+    ) -> None:
+        for task, d in totals.items():
+            tgt = self._totals.setdefault(task, defaultdict(float))
+            for k, v in d.items():
+                tgt[k] += v
+        for key, d in buckets.items():
+            tgt = self._buckets.setdefault(key, defaultdict(float))
+            for k, v in d.items():
+                tgt[k] += v
+        now = time.time()
+        keep = {name: (size, ttl) for name, size, ttl in BUCKETS}
+        for key in [k for k in self._buckets if (k[2] + 1) * keep[k[1]][0] < now - keep[k[1]][1]]:
+            del self._buckets[key]
+
+    async def read_counters(self, task: str, window_s: int | None = None) -> dict[str, float]:
+        if window_s is None:
+            return dict(self._totals.get(task, {}))
+        name, size, n = bucket_plan(window_s)
+        current = int(time.time() // size)
+        out: defaultdict[str, float] = defaultdict(float)
+        for b in range(current - n + 1, current + 1):
+            for k, v in self._buckets.get((task, name, b), {}).items():
+                out[k] += v
+        return dict(out)
+
+    # ------------------------------------------------------------------ demonstrations
+
+    def _demo_path(self, task: str) -> Path:
+        return self.data_dir / "demos" / f"{task}.jsonl"
+
+    def _lines(self, task: str) -> int:
+        if task not in self._demo_lines:
+            path = self._demo_path(task)
+            n = 0
+            if path.exists():
+                with path.open("rb") as f:
+                    n = sum(1 for _ in f)
+            self._demo_lines[task] = n
+        return self._demo_lines[task]
+
+    async def append_demo(self, task: str, demo: dict[str, Any]) -> None:
+        line = json.dumps(demo, ensure_ascii=False, separators=(",", ":")) + "\n"
+        path = self._demo_path(task)
+        async with self._file_lock:
+            n = self._lines(task)
+            await asyncio.to_thread(_append_fsync, path, line)
+            self._demo_lines[task] = n + 1
+        self._demo_event.set()
+
+    async def resume_demos(self, task: str, consumer: str, applied_id: str | None) -> None:
+        start = _seq(applied_id) + 1 if applied_id else 0
+        self._read_pos[task] = start
+        self._read_off[task] = await asyncio.to_thread(
+            _offset_of_line, self._demo_path(task), start
+        )
+        self._acked[task] = start
+
+    async def read_demos(
+        self, task: str, consumer: str, count: int, block_ms: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        pos = self._read_pos.setdefault(task, 0)
+        if self._lines(task) <= pos and block_ms > 0:
+            self._demo_event.clear()
+            try:
+                await asyncio.wait_for(self._demo_event.wait(), block_ms / 1000)
+            except TimeoutError:
+                return []
+        if self._lines(task) <= pos:
+            return []
+        off = self._read_off.get(task, 0)
+        out, off = await asyncio.to_thread(_read_lines, self._demo_path(task), off, count)
+        self._read_pos[task] = pos + len(out)
+        self._read_off[task] = off
+        return [(f"0-{pos + i}", d) for i, d in enumerate(out)]
+
+    async def ack_demos(self, task: str, ids: list[str]) -> None:
+        if ids:
+            self._acked[task] = max(self._acked.get(task, 0), max(_seq(i) for i in ids) + 1)
+
+    async def demo_lag(self, task: str) -> int:
+        return max(0, self._lines(task) - self._acked.get(task, 0))
+
+    # ------------------------------------------------------------------ versions
+
+    def _version_dir(self, task: str) -> Path:
+        return self.data_dir / "versions" / task
+
+    async def put_version(self, task: str, blob: bytes, keep: int = 5) -> int:
+        d = self._version_dir(task)
+        d.mkdir(parents=True, exist_ok=True)
+        number = await self.latest_version(task) + 1
+        tmp = d / f".{number:08d}.tmp"
+        tmp.write_bytes(blob)
+        os.replace(tmp, d / f"{number:08d}.safetensors")
+        for old in sorted(d.glob("*.safetensors"))[:-keep]:
+            old.unlink(missing_ok=True)
+        return number
+
+    async def latest_version(self, task: str) -> int:
+        d = self._version_dir(task)
+        files = sorted(d.glob("*.safetensors")) if d.is_dir() else []
+        return int(files[-1].stem) if files else 0
+
+    async def get_version(self, task: str, number: int) -> bytes | None:
+        path = self._version_dir(task) / f"{number:08d}.safetensors"
+        return path.read_bytes() if path.exists() else None
+
+
+def _append_fsync(path: Path, line: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _offset_of_line(path: Path, line_no: int) -> int:
+    if line_no == 0 or not path.exists():
+        return 0
+    with path.open("rb") as f:
+        for i, _ in enumerate(iter(f.readline, b""), start=1):
+            if i == line_no:
+                return f.tell()
+        return f.tell()
+
+
+def _read_lines(path: Path, offset: int, count: int) -> tuple[list[dict[str, Any]], int]:
+    """Up to ``count`` complete lines from a byte offset; a line still being written waits."""
+    out: list[dict[str, Any]] = []
+    with path.open("rb") as f:
+        f.seek(offset)
+        while len(out) < count:
+            line = f.readline()
+            if not line.endswith(b"\n"):
+                break
+            out.append(json.loads(line))
+            offset = f.tell()
+    return out, offset

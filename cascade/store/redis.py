@@ -1,0 +1,389 @@
+"""Redis store, shared by every gateway process and the learner.
+
+The hot path (cache reads and writes, request records) uses a client with short socket
+timeouts behind a circuit breaker: when Redis is unreachable, requests see cache misses at once
+instead of hanging, and every swallowed error is counted. Counters are flushed in the background
+and kept locally while Redis is away. Demonstrations go to a capped Redis Stream; when Redis is
+unreachable they wait in an outbox that is also written to a local spill file, so neither a
+Redis blip nor a gateway restart during one loses any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from cascade.store.base import BUCKETS, Store, bucket_plan
+
+log = logging.getLogger(__name__)
+
+GROUP = "learners"
+
+
+def _id_tuple(i: str) -> tuple[int, int]:
+    ms, _, seq = i.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class _Breaker:
+    """Open for ``cooldown_s`` after a failure: calls short-circuit instead of timing out."""
+
+    def __init__(self, cooldown_s: float = 1.0) -> None:
+        self.cooldown_s = cooldown_s
+        self.open_until = 0.0
+
+    @property
+    def closed(self) -> bool:
+        return time.monotonic() >= self.open_until
+
+    def trip(self) -> None:
+        self.open_until = time.monotonic() + self.cooldown_s
+
+
+class RedisStore(Store):
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        data_dir: Path,
+        socket_timeout_s: float = 0.1,
+        prefix: str = "cg",
+        demo_maxlen: int = 1_000_000,
+        outbox_max: int = 100_000,
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self.prefix = prefix
+        self.demo_maxlen = demo_maxlen
+        self.fast = aioredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        self.slow = aioredis.Redis.from_url(
+            url,
+            socket_timeout=10.0,
+            socket_connect_timeout=1.0,
+            health_check_interval=30,
+        )
+        self.breaker = _Breaker()
+        self._outbox: deque[tuple[str, str]] = deque()
+        self._outbox_max = outbox_max
+        self._dropped = 0
+        self._spill_dir = data_dir / "outbox"
+        self._spill = self._spill_dir / f"outbox-{os.getpid()}.jsonl"
+        self._pending_cursor: dict[str, str] = {}  # re-delivering own pending entries from here
+        self._groups: set[str] = set()
+        self._load_spills()
+
+    def k(self, *parts: object) -> str:
+        return ":".join([self.prefix, *map(str, parts)])
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "url": _redact(self.url)}
+
+    async def close(self) -> None:
+        await super().close()
+        await self._flush_outbox()
+        await self.fast.aclose()
+        await self.slow.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.slow.ping())
+        except (RedisError, OSError):
+            self.errors += 1
+            return False
+
+    async def _fast(self, coro_fn: Any, default: Any = None) -> Any:
+        """Run a hot-path call; on any Redis failure count it, trip the breaker, return default."""
+        if not self.breaker.closed:
+            return default
+        try:
+            return await coro_fn()
+        except (TimeoutError, RedisError, OSError) as e:
+            self.errors += 1
+            self.breaker.trip()
+            log.debug("redis unavailable on the hot path: %s", e)
+            return default
+
+    # ------------------------------------------------------------------ cache and records
+
+    async def cache_get(self, key: str) -> dict[str, Any] | None:
+        raw = await self._fast(lambda: self.fast.get(self.k(key)))
+        return None if raw is None else json.loads(raw)
+
+    async def cache_set(self, key: str, value: dict[str, Any], ttl_s: int) -> None:
+        if ttl_s > 0:
+            data = json.dumps(value, ensure_ascii=False)
+            await self._fast(lambda: self.fast.set(self.k(key), data, ex=ttl_s))
+
+    async def put_record(self, key: str, value: dict[str, Any], ttl_s: int | None) -> None:
+        data = json.dumps(value, ensure_ascii=False)
+        await self._fast(lambda: self.fast.set(self.k(key), data, ex=ttl_s))
+
+    async def get_record(self, key: str) -> dict[str, Any] | None:
+        try:
+            raw = await self.slow.get(self.k(key))
+        except (RedisError, OSError):
+            self.errors += 1
+            return None
+        return None if raw is None else json.loads(raw)
+
+    # ------------------------------------------------------------------ counters
+
+    async def _write_counters(
+        self,
+        totals: dict[str, defaultdict[str, float]],
+        buckets: dict[tuple[str, str, int], defaultdict[str, float]],
+    ) -> None:
+        ttl = {name: keep for name, _, keep in BUCKETS}
+        async with self.slow.pipeline(transaction=False) as pipe:
+            for task, d in totals.items():
+                key = self.k("stats", task)
+                for f, v in d.items():
+                    pipe.hincrbyfloat(key, f, v)
+            for (task, name, idx), d in buckets.items():
+                key = self.k("stats", task, name, idx)
+                for f, v in d.items():
+                    pipe.hincrbyfloat(key, f, v)
+                pipe.expire(key, ttl[name])
+            await pipe.execute()
+
+    async def read_counters(self, task: str, window_s: int | None = None) -> dict[str, float]:
+        if window_s is None:
+            raw = await self.slow.hgetall(self.k("stats", task))
+            return {k.decode(): float(v) for k, v in raw.items()}
+        name, size, n = bucket_plan(window_s)
+        current = int(time.time() // size)
+        async with self.slow.pipeline(transaction=False) as pipe:
+            for b in range(current - n + 1, current + 1):
+                pipe.hgetall(self.k("stats", task, name, b))
+            rows = await pipe.execute()
+        out: defaultdict[str, float] = defaultdict(float)
+        for raw in rows:
+            for k, v in raw.items():
+                out[k.decode()] += float(v)
+        return dict(out)
+
+    # ------------------------------------------------------------------ demonstrations
+
+    @property
+    def demos_dropped(self) -> int:
+        return self._dropped
+
+    @property
+    def demos_buffered(self) -> int:
+        return len(self._outbox)
+
+    def _load_spills(self) -> None:
+        """Adopt spill files left by processes that died during a Redis outage."""
+        if not self._spill_dir.is_dir():
+            return
+        for path in sorted(self._spill_dir.glob("outbox-*.jsonl")):
+            pid = int(path.stem.split("-", 1)[1]) if path.stem.split("-", 1)[1].isdigit() else 0
+            if pid != os.getpid() and _alive(pid):
+                continue
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    self._outbox.append((rec["task"], rec["data"]))
+            if path != self._spill:
+                path.unlink(missing_ok=True)
+        if self._outbox:
+            self._rewrite_spill()
+
+    def _rewrite_spill(self) -> None:
+        if not self._outbox:
+            self._spill.unlink(missing_ok=True)
+            return
+        self._spill_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._spill.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for task, data in self._outbox:
+                f.write(json.dumps({"task": task, "data": data}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._spill)
+
+    async def append_demo(self, task: str, demo: dict[str, Any]) -> None:
+        data = json.dumps(demo, ensure_ascii=False, separators=(",", ":"))
+        if not self._outbox and self.breaker.closed:
+            try:
+                await self.slow.xadd(
+                    self.k("demos", task), {"d": data}, maxlen=self.demo_maxlen, approximate=True
+                )
+                return
+            except (RedisError, OSError) as e:
+                self.errors += 1
+                self.breaker.trip()
+                log.warning("demonstration buffered, Redis unavailable: %s", e)
+        if len(self._outbox) >= self._outbox_max:
+            self._outbox.popleft()
+            self._dropped += 1
+        self._outbox.append((task, data))
+        await asyncio.to_thread(self._rewrite_spill)
+
+    async def _flush_outbox(self) -> None:
+        sent = 0
+        while self._outbox:
+            task, data = self._outbox[0]
+            try:
+                await self.slow.xadd(
+                    self.k("demos", task), {"d": data}, maxlen=self.demo_maxlen, approximate=True
+                )
+            except (RedisError, OSError):
+                self.errors += 1
+                break
+            self._outbox.popleft()
+            sent += 1
+        if sent:
+            log.info("flushed %d buffered demonstrations to Redis", sent)
+            await asyncio.to_thread(self._rewrite_spill)
+
+    async def flush_counters(self) -> None:
+        await super().flush_counters()
+        if self._outbox:
+            await self._flush_outbox()
+
+    async def _ensure_group(self, task: str) -> None:
+        if task in self._groups:
+            return
+        try:
+            await self.slow.xgroup_create(self.k("demos", task), GROUP, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+        self._groups.add(task)
+
+    async def resume_demos(self, task: str, consumer: str, applied_id: str | None) -> None:
+        """Take over every pending demonstration (one learner by design), acknowledge those the
+        resumed version already holds, and deliver the rest before anything new."""
+        await self._ensure_group(task)
+        stream = self.k("demos", task)
+        start = "0-0"
+        while True:
+            res = await self.slow.xautoclaim(
+                stream, GROUP, consumer, min_idle_time=0, start_id=start, count=1000
+            )
+            start = res[0].decode() if isinstance(res[0], bytes) else res[0]
+            if start == "0-0":
+                break
+        if applied_id:
+            done = []
+            for entry in await self.slow.xpending_range(
+                stream, GROUP, "-", "+", 1_000_000, consumername=consumer
+            ):
+                mid = entry["message_id"]
+                mid = mid.decode() if isinstance(mid, bytes) else mid
+                if _id_tuple(mid) <= _id_tuple(applied_id):
+                    done.append(mid)
+            for i in range(0, len(done), 1000):
+                await self.slow.xack(stream, GROUP, *done[i : i + 1000])
+        self._pending_cursor[task] = "0-0"
+
+    async def read_demos(
+        self, task: str, consumer: str, count: int, block_ms: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        await self._ensure_group(task)
+        stream = self.k("demos", task)
+        cursor = self._pending_cursor.get(task)
+        if cursor is not None:
+            res = await self.slow.xreadgroup(GROUP, consumer, {stream: cursor}, count=count)
+            entries = res[0][1] if res else []
+            if entries:
+                last = entries[-1][0]
+                self._pending_cursor[task] = last.decode() if isinstance(last, bytes) else last
+                return await self._decoded(task, entries)
+            del self._pending_cursor[task]
+        res = await self.slow.xreadgroup(
+            GROUP, consumer, {stream: ">"}, count=count, block=block_ms or None
+        )
+        return await self._decoded(task, res[0][1]) if res else []
+
+    async def _decoded(self, task: str, entries: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+        out, gone = _decode_entries(entries)
+        if gone:  # trimmed from the stream while pending: nothing left to learn from
+            await self.ack_demos(task, gone)
+        return out
+
+    async def ack_demos(self, task: str, ids: list[str]) -> None:
+        stream = self.k("demos", task)
+        for i in range(0, len(ids), 1000):
+            await self.slow.xack(stream, GROUP, *ids[i : i + 1000])
+
+    async def demo_lag(self, task: str) -> int:
+        stream = self.k("demos", task)
+        try:
+            groups = await self.slow.xinfo_groups(stream)
+        except ResponseError:
+            return 0
+        for g in groups:
+            if g["name"] in (GROUP, GROUP.encode()):
+                lag = g.get("lag") or 0
+                return int(g.get("pending", 0)) + int(lag)
+        return int(await self.slow.xlen(stream))
+
+    # ------------------------------------------------------------------ versions
+
+    async def put_version(self, task: str, blob: bytes, keep: int = 5) -> int:
+        number = int(await self.slow.incr(self.k("ver", task, "seq")))
+        async with self.slow.pipeline(transaction=True) as pipe:
+            pipe.set(self.k("ver", task, number), blob)
+            pipe.set(self.k("ver", task, "latest"), number)
+            if number > keep:
+                pipe.delete(self.k("ver", task, number - keep))
+            await pipe.execute()
+        await self.slow.publish(self.k("versions"), f"{task}:{number}")
+        return number
+
+    async def latest_version(self, task: str) -> int:
+        raw = await self.slow.get(self.k("ver", task, "latest"))
+        return int(raw) if raw else 0
+
+    async def get_version(self, task: str, number: int) -> bytes | None:
+        raw = await self.slow.get(self.k("ver", task, number))
+        return bytes(raw) if raw is not None else None
+
+
+def _decode_entries(entries: list[Any]) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    out, gone = [], []
+    for mid, fields in entries:
+        mid = mid.decode() if isinstance(mid, bytes) else mid
+        if not fields:
+            gone.append(mid)
+            continue
+        raw = fields.get(b"d") or fields.get("d")
+        out.append((mid, json.loads(raw)))
+    return out, gone
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _redact(url: str) -> str:
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,232 @@
+"""Shared fixtures: real models (SmolLM2 as the fast stand-in LM, MiniLM), a real llama.cpp
+server on loopback, real Redis, and the ASGI app driven over httpx with its lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from app.main import create_app
+from app.settings import Settings
+from cascade.config import Config, load_config
+from cascade.llm_server import LocalLLMServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = Path(os.environ.get("CASCADE_MODELS_DIR", ROOT / "models")).resolve()
+SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    missing = [p for p in (MODELS / SMOL, MODELS / "all-MiniLM-L6-v2") if not p.exists()]
+    if missing:
+        raise pytest.UsageError(
+            f"models missing: {[str(p) for p in missing]}; run `make install` "
+            "(or `cascade-gateway models fetch`) first"
+        )
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    return MODELS
+
+
+@pytest.fixture(scope="session")
+def smol_server() -> Iterator[LocalLLMServer]:
+    """A real OpenAI-compatible llama.cpp server with SmolLM2, for `openai` levels."""
+    with LocalLLMServer(MODELS / SMOL, alias="smol", n_threads=2, n_ctx=2048) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as e:  # CI starts one; say so plainly if it is not there
+        raise pytest.UsageError(f"tests need a Redis at {REDIS_URL}: {e}") from e
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_prefix(redis_client: redis.Redis) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = f"cgtest-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    keys = list(redis_client.scan_iter(f"{prefix}:*", count=1000))
+    if keys:
+        redis_client.delete(*keys)
+
+
+TEST_CONFIG = """
+backends:
+  small:
+    kind: llama
+    model: {smol}
+    n_ctx: 1024
+    n_threads: 2
+  large:
+    kind: openai
+    base_url: {large_url}
+    model: smol
+    timeout_s: {timeout}
+    max_retries: 1
+    backoff_s: 0.05
+  minilm:
+    kind: encoder
+    model: all-MiniLM-L6-v2
+defaults:
+  request_timeout_s: {request_timeout}
+  max_input_bytes: 2048
+tasks:
+  sentiment:
+    kind: classify
+    labels: [positive, negative]
+    prompt:
+      system: You are a sentiment classifier for movie reviews.
+      user: "Review: {{input}}\\n\\nIs this review positive or negative? Answer with one word."
+    levels:
+      - {{name: logistic, kind: logistic, cost: 0.0001,
+          policy: {{kind: threshold, threshold: 0.9}}}}
+      - {{name: encoder, kind: encoder, backend: minilm, cost: 0.01,
+          policy: {{kind: threshold, threshold: 0.9}}}}
+      - {{name: small, kind: local_lm, backend: small, cost: 0.1,
+          policy: {{kind: threshold, threshold: {small_threshold}}}}}
+      - {{name: large, kind: openai, backend: large, cost: 1.0}}
+  chat:
+    kind: generate
+    max_tokens: 16
+    prompt:
+      system: Answer the question in one sentence.
+      user: "{{input}}"
+    levels:
+      - {{name: small, kind: local_lm, backend: small, cost: 0.1,
+          policy: {{kind: threshold, threshold: {small_threshold}}}}}
+      - {{name: large, kind: openai, backend: large, cost: 1.0}}
+"""
+
+
+def write_config(
+    path: Path,
+    large_url: str,
+    small_threshold: float = 1.0,
+    timeout: float = 20.0,
+    request_timeout: float = 30.0,
+) -> Path:
+    """The test configuration: SmolLM2 in-process as the small LM and over HTTP as the large.
+
+    ``small_threshold`` 1.0 makes every request reach the large LM (a demonstration each).
+    """
+    path.write_text(
+        TEST_CONFIG.format(
+            smol=MODELS / SMOL,
+            large_url=large_url,
+            small_threshold=small_threshold,
+            timeout=timeout,
+            request_timeout=request_timeout,
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, smol_server: LocalLLMServer) -> Path:
+    return write_config(tmp_path / "config.yaml", smol_server.base_url)
+
+
+def make_settings(tmp_path: Path, config: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "CASCADE_CONFIG": config,
+        "CASCADE_MODELS_DIR": MODELS,
+        "CASCADE_DATA_DIR": tmp_path / "data",
+        "CASCADE_VERSION_POLL_S": 0.2,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running_app(
+    settings: Settings, config: Config | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app with its lifespan (store, models, learner), over httpx's ASGI transport."""
+    app = create_app(settings, config or load_config(settings.config_path))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gateway", timeout=60
+        ) as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+class RedisServer:
+    """A private redis-server on its own port, for tests that stop and restart Redis."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise pytest.UsageError("redis-server is not installed (CI installs it with apt)")
+        self.proc = subprocess.Popen(
+            # persistent (AOF, fsync always), as a production Redis would be configured
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.data_dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
