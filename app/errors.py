@@ -56,7 +56,8 @@ def install(app: FastAPI) -> None:
                 field, msg = "body", f"malformed JSON: {e.get('ctx', {}).get('error', msg)}"
             errors.append({"field": field, "problem": msg})
         message = "; ".join(f"{x['field']}: {x['problem']}" for x in errors)
-        return error_response(request, 422, message, "invalid_request_error", errors)
+        status = 400 if is_openai_route(request) else 422  # what OpenAI's API answers
+        return error_response(request, status, message, "invalid_request_error", errors)
 
     @app.exception_handler(CascadeError)
     async def _cascade(request: Request, exc: CascadeError) -> JSONResponse:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI
 
 from app import errors
-from app.middleware import BodyLimit, JSONBodyDefault
+from app.middleware import BodyLimit, JSONBodyDefault, StartTime
 from app.settings import Settings, get_settings
 from cascade.backends import BackendPool
 from cascade.config import Config, load_config
@@ -31,18 +33,37 @@ class Gateway:
     cascade: Cascade
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     learner: object | None = None
+    keys: Any = None  # app.auth.KeyCache
+    metrics: Any = None  # app.metrics.Metrics
+    started_at: float = field(default_factory=time.time)
 
 
 async def _poll_versions(gw: Gateway) -> None:
     """Hot reload: pick up versions the learner publishes, without a restart."""
     while True:
         try:
-            loaded = await gw.cascade.refresh_versions()
+            loaded = await gw.cascade.refresh()
             for task, v in loaded.items():
                 log.info("task %s now serves learned version %d", task, v)
         except Exception:
             log.exception("version refresh failed")
         await asyncio.sleep(gw.settings.version_poll_s)
+
+
+async def _gauges(gw: Gateway, every_s: float = 2.0) -> None:
+    """Metrics that are states, not events: learner lag, version, store health."""
+    m = gw.metrics
+    while True:
+        for name, rt in gw.cascade.tasks.items():
+            m.version.labels(name).set(rt.version)
+            try:
+                m.learner_lag.labels(name).set(await gw.store.demo_lag(name))
+            except Exception:
+                gw.store.errors += 1
+        m.sync_store_errors(gw.store.errors)
+        m.demos_buffered.set(gw.store.demos_buffered)
+        m.demos_dropped.set(gw.store.demos_dropped)
+        await asyncio.sleep(every_s)
 
 
 def create_app(
@@ -60,9 +81,16 @@ def create_app(
         backends = pool or BackendPool(cfg, settings.models_dir)
         cascade = Cascade(cfg, backends, store)
         gw = Gateway(settings, cfg, store, cascade)
+        from app.auth import KeyCache
+        from app.metrics import Metrics
+
+        gw.keys = KeyCache()
+        gw.metrics = Metrics()
+        cascade.observers.append(gw.metrics.observe)
         await cascade.warmup()
-        await cascade.refresh_versions()
+        await cascade.refresh()
         gw.tasks.append(asyncio.create_task(_poll_versions(gw), name="version-poller"))
+        gw.tasks.append(asyncio.create_task(_gauges(gw), name="gauges"))
         if settings.learner:
             from cascade.learner import Learner
 
@@ -93,10 +121,12 @@ def create_app(
     limit = cfg.defaults.max_input_bytes
     app.add_middleware(BodyLimit, max_bytes=8 * limit + 65_536, input_limit=limit)
     app.add_middleware(JSONBodyDefault)
-    from app.routes import admin, feedback, generate, health
+    app.add_middleware(StartTime)
+    from app.routes import admin, feedback, generate, health, openai_api
 
     app.include_router(health.router)
     app.include_router(generate.router)
+    app.include_router(openai_api.router)
     app.include_router(feedback.router)
     app.include_router(admin.router)
     return app

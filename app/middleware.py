@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _JSON = b"application/json"
 _LENIENT = (b"", b"application/x-www-form-urlencoded", b"text/plain")
+
+
+class StartTime:
+    """Stamp each request's arrival, so handlers can report the gateway's own time."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["cascade_t0"] = time.perf_counter()
+        await self.app(scope, receive, send)
 
 
 class JSONBodyDefault:

@@ -21,7 +21,9 @@ def decode_vector(s: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), dtype=np.float16).astype(np.float32)
 
 
-def level_record(out: LevelOutput, features: Features, decision: Decision | None) -> dict[str, Any]:
+def level_record(
+    out: LevelOutput, features: Features, decision: Decision | None, explored: bool = False
+) -> dict[str, Any]:
     """One cheaper level's prediction as stored in a demonstration."""
     rec: dict[str, Any] = {
         "label": out.label,
@@ -36,7 +38,7 @@ def level_record(out: LevelOutput, features: Features, decision: Decision | None
         rec["decision"] = {
             "defer": decision.defer,
             "score": round(decision.score, 6),
-            "explored": decision.explored,
+            "explored": explored,
         }
     return rec
 

@@ -25,15 +25,16 @@ from cascade.backends import BackendPool
 from cascade.config import Config
 from cascade.demos import parse_demo
 from cascade.levels import Demo, Level, build_level
-from cascade.runner import build_policy
+from cascade.runtime import build_policy
 from cascade.store import Store, open_store
 from cascade.versions import TaskState, dump_state, load_state
 from policies import Features, Policy
+from policies.ocl import OCLPolicy, OCLStep, ocl_update
 
 log = logging.getLogger(__name__)
 
-#: Level kinds with parameters the learner trains (LM levels are frozen).
-TRAINABLE = ("logistic", "encoder")
+#: Level kinds that may have parameters to learn (an LM's weights stay frozen; its probe learns).
+TRAINABLE = ("logistic", "encoder", "local_lm")
 
 
 @dataclass
@@ -45,6 +46,7 @@ class TaskLearner:
     levels: list[Level]  # trainable cheaper levels
     policies: dict[str, Policy]  # by level name, non-final levels
     level_costs: dict[str, float]
+    order: list[str]  # every level of the task, in cascade order
     applied_id: str | None = None
     demos: int = 0
     ignored: int = 0
@@ -60,19 +62,47 @@ class TaskLearner:
         usable += [d for d in usable if d.source == "feedback"]
         changed = False
         for d in usable:
-            for name, pol in self.policies.items():
-                rec = d.levels.get(name)
-                if rec is None or not rec.get("ready", True) or not rec.get("valid", True):
-                    continue
-                target = 0.0 if rec.get("label") == d.label else 1.0
-                pol.update(Features.from_json(rec.get("features", {})), target)
-                changed = changed or pol.learned
+            changed = self._learn_policies(d) or changed
         for lv in self.levels:
             changed = lv.learn(usable) or changed
         self.demos += len(batch)
         self.since_publish += len(batch)
         if batch:
             self.applied_id = batch[-1].id
+        return changed
+
+    def _learn_policies(self, d: Demo) -> bool:
+        """Every policy sees its level's prediction and the expert's label; OCL policies of
+        the task also take one joint step on the cascade loss."""
+        changed = False
+        genuine = True  # every earlier level deferred on its own: an unbiased sample here
+        chain: list[OCLStep] = []
+        for name in self.policies:
+            pol = self.policies[name]
+            rec = d.levels.get(name)
+            next_cost = self.level_costs[self.order[self.order.index(name) + 1]]
+            usable = rec is not None and rec.get("ready", True) and rec.get("valid", True)
+            feats = Features.from_json(rec.get("features", {})) if usable and rec else None
+            decision = (rec or {}).get("decision") or {}
+            if feats is not None and rec is not None and d.label is not None:
+                wrong = rec.get("label") != d.label
+                explored = bool(decision.get("explored")) and genuine
+                pol.update(feats, wrong, explored)
+                changed = changed or pol.learned
+            if isinstance(pol, OCLPolicy):
+                ok = feats is not None and feats.probs is not None and d.label in self.labels
+                chain.append(
+                    OCLStep(
+                        pol,
+                        feats,
+                        next_cost,
+                        feats.probs if ok and feats else None,
+                        self.labels.index(d.label) if ok and d.label else None,
+                    )
+                )
+            genuine = genuine and bool(decision.get("defer", True))
+        if chain:
+            changed = ocl_update(chain) != 0.0 or changed
         return changed
 
     def snapshot(self) -> TaskState:
@@ -125,24 +155,39 @@ class Learner:
         self.on_publish = on_publish
         self.learners: dict[str, TaskLearner] = {}
         for name, tc in config.tasks.items():
-            levels = [build_level(lc, tc, pool) for lc in tc.levels[:-1] if lc.kind in TRAINABLE]
+            levels = [
+                lv
+                for lc in tc.levels[:-1]
+                if lc.kind in TRAINABLE
+                for lv in [build_level(lc, tc, pool, for_learner=True)]
+                if lv.trainable
+            ]
             policies = {lc.name: build_policy(lc) for lc in tc.levels[:-1]}
             self.learners[name] = TaskLearner(
-                name, list(tc.labels), levels, policies, {lc.name: lc.cost for lc in tc.levels}
+                name,
+                list(tc.labels),
+                levels,
+                policies,
+                {lc.name: lc.cost for lc in tc.levels},
+                [lc.name for lc in tc.levels],
             )
         self.published: dict[str, int] = {}
         self._unacked: dict[str, list[str]] = {}
+        self._settings_rev: dict[str, int] = {}
+        self._settings_checked: dict[str, float] = {}
 
     async def resume(self) -> None:
+        """Continue from the latest version: rebuild training memory from the demonstrations it
+        holds (the durable log), then adopt its parameters."""
         for name, tl in self.learners.items():
             latest = await self.store.latest_version(name)
-            if latest:
-                blob = await self.store.get_version(name, latest)
-                if blob is not None:
-                    state = load_state(blob)
-                    if state.labels == tl.labels:
-                        tl.restore(state)
-                        self.published[name] = latest
+            blob = await self.store.get_version(name, latest) if latest else None
+            state = load_state(blob) if blob is not None else None
+            if state is not None and state.labels == tl.labels:
+                if state.applied_id and tl.levels:
+                    await self._remember(name, tl, state.applied_id)
+                tl.restore(state)
+                self.published[name] = latest
             await self.store.resume_demos(name, self.consumer, tl.applied_id)
             log.info(
                 "learner %s: task %s resumes after demonstration %s (version %s)",
@@ -152,9 +197,36 @@ class Learner:
                 self.published.get(name, 0),
             )
 
+    async def _remember(self, task: str, tl: TaskLearner, upto: str) -> None:
+        after: str | None = None
+        while True:
+            page = await self.store.history(task, after, upto, 500)
+            if not page:
+                break
+            demos = [parse_demo(i, d) for i, d in page]
+            for lv in tl.levels:
+                await anyio.to_thread.run_sync(lv.remember, demos)
+            after = page[-1][0]
+
+    async def apply_settings(self, task: str) -> bool:
+        """Adopt the operator's live policy settings (mu, targets) for learning too."""
+        settings = await self.store.table_get("settings", task)
+        rev = int((settings or {}).get("revision", 0))
+        if rev <= self._settings_rev.get(task, 0):
+            return False
+        tl = self.learners[task]
+        for level, params in (settings or {}).get("levels", {}).items():
+            if level in tl.policies:
+                tl.policies[level].set_params(**params)
+        self._settings_rev[task] = rev
+        return True
+
     async def step(self, task: str, block_ms: int = 500) -> int:
         """Read, learn and maybe publish once; return how many demonstrations were read."""
         tl = self.learners[task]
+        if time.monotonic() - self._settings_checked.get(task, 0.0) >= 1.0:
+            self._settings_checked[task] = time.monotonic()
+            await self.apply_settings(task)
         items = await self.store.read_demos(task, self.consumer, self.batch, block_ms)
         if items:
             demos = [parse_demo(i, d) for i, d in items]

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -114,3 +115,23 @@ class LocalLLMServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+LOCAL_LLM_MODEL = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+
+
+@contextlib.contextmanager
+def local_large_llm(models_dir: Path, log_dir: Path, enabled: bool = True) -> Iterator[str | None]:
+    """Start the default large LM on loopback (unless disabled); yield its base URL or None.
+
+    The model file and alias come from CASCADE_LOCAL_LLM_MODEL and LLM_MODEL.
+    """
+    if not enabled:
+        yield None
+        return
+    model = Path(os.environ.get("CASCADE_LOCAL_LLM_MODEL", LOCAL_LLM_MODEL))
+    path = model if model.is_absolute() else models_dir / model
+    alias = os.environ.get("LLM_MODEL", "qwen2.5-1.5b")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with LocalLLMServer(path, alias, log_path=log_dir / "llm-server.log") as server:
+        yield server.base_url

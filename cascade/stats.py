@@ -71,3 +71,28 @@ def task_stats(c: dict[str, float], level_names: list[str]) -> dict[str, Any]:
         "demonstrations": int(c.get("demos", 0.0)),
         "levels": {name: level_stats(c, name) for name in level_names},
     }
+
+
+def series_point(ts: int, c: dict[str, float], level_names: list[str]) -> dict[str, Any]:
+    """One time bucket of the dashboard's charts."""
+    requests = c.get("requests", 0.0)
+    llm_only = c.get("cost_llm_only", 0.0)
+
+    def rate(num: float, den: float) -> float | None:
+        return _r(num / den) if den else None
+
+    return {
+        "t": ts,
+        "requests": int(requests),
+        "cache_hit_rate": rate(c.get("cache_hits", 0.0), requests),
+        "large_llm_share": rate(c.get("llm_calls", 0.0), requests),
+        "cost_saved_rate": rate(llm_only - c.get("cost", 0.0), llm_only),
+        "deferral_rate": {
+            n: rate(c.get(f"lvl:{n}:deferred", 0.0), c.get(f"lvl:{n}:seen", 0.0))
+            for n in level_names[:-1]
+        },
+        "agreement": {
+            n: rate(c.get(f"lvl:{n}:agree", 0.0), c.get(f"lvl:{n}:agree_n", 0.0))
+            for n in level_names[:-1]
+        },
+    }

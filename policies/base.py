@@ -7,6 +7,7 @@ recorded demonstrations exactly as online.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,11 +62,13 @@ class Features:
 
 @dataclass(frozen=True)
 class Decision:
-    """``defer``: pass the request on. ``score``: the policy's deferral score (higher = defer)."""
+    """``defer``: the policy's verdict. ``score``: its deferral score (higher = defer).
+    ``explore``: send the item on to the large LM whatever the verdict, so that the level's
+    answer gets compared with the large LM's on a uniform sample of its traffic."""
 
     defer: bool
     score: float
-    explored: bool = False  # deferred only to explore (the policy would have answered)
+    explore: bool = False
 
 
 class PolicyError(ValueError):
@@ -85,8 +88,9 @@ class Policy(ABC):
         """Deferral score without exploration; higher means more reason to defer."""
         return self.decide(features).score
 
-    def update(self, features: Features, target: float) -> None:  # noqa: B027 (optional)
-        """Learn from one demonstration; ``target`` is 1.0 when deferring was right."""
+    def update(self, features: Features, wrong: bool, explored: bool) -> None:  # noqa: B027
+        """Learn from one demonstration: ``wrong`` when the level's answer disagreed with the
+        large LM (deferring was right); ``explored`` when the item was an exploration sample."""
 
     def state(self) -> dict[str, np.ndarray]:
         return {}
@@ -96,6 +100,10 @@ class Policy(ABC):
 
     def params(self) -> dict[str, float]:
         """The live, operator-visible parameters (thresholds, mu, targets)."""
+        return {}
+
+    def report(self) -> dict[str, object]:
+        """What the policy knows about its own quality (e.g. the agreement estimate)."""
         return {}
 
     def set_params(self, **params: float) -> None:
@@ -114,17 +122,25 @@ def register(kind: str) -> Callable[[type[Policy]], type[Policy]]:
     return deco
 
 
+#: Policies whose module is imported on first use (torch is a heavy import).
+_LAZY = {"ocl": "policies.ocl"}
+
+
 def make_policy(kind: str, **params: Any) -> Policy:
     """Build a policy by kind; unknown kinds and bad parameters raise PolicyError."""
+    if kind not in _REGISTRY and kind in _LAZY:
+        importlib.import_module(_LAZY[kind])
     try:
         factory = _REGISTRY[kind]
     except KeyError:
         raise PolicyError(f"unknown policy kind {kind!r}; known: {sorted(_REGISTRY)}") from None
     try:
         return factory(**params)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
+        if isinstance(e, PolicyError):
+            raise
         raise PolicyError(f"policy {kind!r}: {e}") from e
 
 
 def known_policies() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_LAZY))

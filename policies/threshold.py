@@ -1,31 +1,92 @@
-"""The static baseline: answer when the level's confidence reaches a threshold."""
+"""The static baseline: answer when the level's confidence reaches a threshold.
+
+With ``target_agreement`` set, the threshold is not static: it is the operating point that
+keeps the measured agreement with the large LM at the target (see ``operating.py``).
+"""
 
 from __future__ import annotations
 
+import numpy as np
+
 from policies.base import Decision, Features, Policy, PolicyError, register
+from policies.explore import Explorer
+from policies.operating import OperatingPoint
 
 
 @register("threshold")
 class ThresholdPolicy(Policy):
-    def __init__(self, threshold: float = 0.9) -> None:
-        self.threshold = _check_unit("threshold", threshold)
+    def __init__(
+        self,
+        threshold: float = 0.9,
+        target_agreement: float | None = None,
+        beta: float = 0.0,
+        explore_floor: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.threshold = check_unit("threshold", threshold)
+        self.op = OperatingPoint(target_agreement) if target_agreement is not None else None
+        floor = explore_floor if explore_floor is not None else (0.03 if self.op else 0.0)
+        self.explorer = Explorer(beta=beta, floor=floor, seed=seed)
+        self.learned = self.op is not None
+
+    def score(self, features: Features) -> float:
+        return 1.0 - float(features.confidence)
 
     def decide(self, features: Features) -> Decision:
-        score = 1.0 - float(features.confidence)
-        return Decision(defer=features.confidence < self.threshold, score=score)
+        s = self.score(features)
+        defer = s >= self.op.threshold if self.op else features.confidence < self.threshold
+        return Decision(defer=defer, score=s, explore=self.explorer.coin())
+
+    def update(self, features: Features, wrong: bool, explored: bool) -> None:
+        self.explorer.seen += 1
+        if self.op is not None and explored:
+            self.op.observe(np.array([features.confidence]), not wrong)
+            self.op.refit(_one_minus)
 
     def params(self) -> dict[str, float]:
-        return {"threshold": self.threshold}
+        out = {"threshold": self.threshold, "explore_probability": self.explorer.probability}
+        if self.op is not None:
+            out["target_agreement"] = self.op.target
+            out["operating_threshold"] = 1.0 - self.op.threshold
+        return out
 
     def set_params(self, **params: float) -> None:
-        unknown = set(params) - {"threshold"}
+        unknown = set(params) - {"threshold", "target_agreement"}
         if unknown:
             raise PolicyError(f"threshold policy has no parameter(s) {sorted(unknown)}")
         if "threshold" in params:
-            self.threshold = _check_unit("threshold", params["threshold"])
+            self.threshold = check_unit("threshold", params["threshold"])
+        if "target_agreement" in params:
+            t = check_unit("target_agreement", params["target_agreement"])
+            if self.op is None:
+                self.op = OperatingPoint(t)
+                self.explorer.floor = max(self.explorer.floor, 0.03)
+                self.learned = True
+            else:
+                self.op.target = t
+                self.op.refit(_one_minus)
+
+    def report(self) -> dict[str, object]:
+        return {"agreement_estimate": self.op.estimate()} if self.op else {}
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {"seen": np.array([self.explorer.seen], dtype=np.int64)}
+        if self.op is not None:
+            out.update(self.op.state())
+        return out
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        if "seen" in arrays:
+            self.explorer.seen = int(arrays["seen"][0])
+        if self.op is not None:
+            self.op.load_state(arrays)
 
 
-def _check_unit(name: str, value: float) -> float:
+def _one_minus(x: np.ndarray) -> np.ndarray:
+    return 1.0 - x[:, 0]
+
+
+def check_unit(name: str, value: float) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):

@@ -1,32 +1,156 @@
-"""Admin views: deferral rates, cost saved and agreement with the large LM, per task and level."""
+"""Admin API: deferral rates, cost saved and agreement with the large LM; live policy settings.
+
+Every route here requires the admin token (fail closed); the dashboard page at /admin/ is a
+static shell that asks for the token and reads these routes.
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import FileResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
+from app.auth import admin
 from app.deps import gateway
 from app.main import Gateway
-from cascade.stats import task_stats
+from cascade.runtime import policy_view
+from cascade.stats import series_point, task_stats
 from cascade.store.base import WINDOWS
+from policies import PolicyError
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(tags=["admin"])
+guarded = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin)])
+STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
-@router.get("/stats")
+def _window(window: str) -> int | None:
+    if window not in WINDOWS:
+        raise HTTPException(422, f"window must be one of {', '.join(WINDOWS)}, not {window!r}")
+    return WINDOWS[window]
+
+
+@guarded.get("/stats")
 async def stats(
     window: str = Query("all", description="5m, 1h, 24h or all"),
     gw: Gateway = Depends(gateway),
 ) -> dict[str, Any]:
     """Counters are shared through the store, so every process sees the same totals."""
-    if window not in WINDOWS:
-        raise HTTPException(422, f"window must be one of {', '.join(WINDOWS)}, not {window!r}")
+    seconds = _window(window)
     await gw.store.flush_counters()
     out: dict[str, Any] = {"window": window, "store": gw.store.describe(), "tasks": {}}
     for name, rt in gw.cascade.tasks.items():
-        counters = await gw.store.read_counters(name, WINDOWS[window])
+        counters = await gw.store.read_counters(name, seconds)
         t = task_stats(counters, [lv.name for lv in rt.levels])
         t["version"] = rt.version
+        for entry in policy_view(rt):
+            if "policy" in entry:
+                t["levels"][entry["name"]]["policy"] = entry["policy"]
+        t["learner_lag"] = await gw.store.demo_lag(name)
         out["tasks"][name] = t
+    out["demonstrations_buffered"] = gw.store.demos_buffered
+    out["demonstrations_dropped"] = gw.store.demos_dropped
     return out
+
+
+@guarded.get("/series")
+async def series(
+    window: str = Query("1h", description="5m, 1h or 24h"),
+    gw: Gateway = Depends(gateway),
+) -> dict[str, Any]:
+    """Per-minute (per-hour for 24h) figures for the dashboard's charts."""
+    seconds = _window(window)
+    if seconds is None:
+        raise HTTPException(422, "series need a bounded window: 5m, 1h or 24h")
+    await gw.store.flush_counters()
+    out: dict[str, Any] = {"window": window, "tasks": {}}
+    for name, rt in gw.cascade.tasks.items():
+        rows = await gw.store.read_series(name, seconds)
+        names = [lv.name for lv in rt.levels]
+        out["tasks"][name] = [series_point(ts, c, names) for ts, c in rows]
+    return out
+
+
+@guarded.get("/tasks")
+async def tasks(gw: Gateway = Depends(gateway)) -> dict[str, Any]:
+    """The live configuration: levels, policies with their current parameters, versions."""
+    out = {}
+    for name, rt in gw.cascade.tasks.items():
+        settings = await gw.store.table_get("settings", name) or {}
+        out[name] = {
+            "kind": rt.config.kind,
+            "labels": rt.config.labels,
+            "version": rt.version,
+            "levels": policy_view(rt),
+            "settings_revision": rt.settings_revision,
+            "history": settings.get("history", [])[-20:],
+        }
+    return {"tasks": out}
+
+
+class PolicyChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    level: str = Field(description="the level whose policy to change")
+    params: dict[str, float] = Field(min_length=1, description="e.g. {'target_agreement': 0.97}")
+    note: str | None = Field(None, max_length=200)
+
+
+@guarded.post("/tasks/{task}/policy")
+async def set_policy(
+    task: str, body: PolicyChange, gw: Gateway = Depends(gateway), who: str = Depends(admin)
+) -> dict[str, Any]:
+    """Change mu / target_agreement / thresholds at run time, for every process (validated,
+    recorded with who and when)."""
+    rt = gw.cascade.task(task)
+    try:
+        pol = rt.policy(body.level)
+    except KeyError as e:
+        raise HTTPException(404, str(e.args[0])) from None
+    try:
+        pol.set_params(**body.params)  # validates; other processes follow via the store
+    except PolicyError as e:
+        raise HTTPException(422, str(e)) from None
+    current = await gw.store.table_get("settings", task) or {}
+    levels = dict(current.get("levels", {}))
+    levels[body.level] = {**levels.get(body.level, {}), **body.params}
+    revision = int(current.get("revision", 0)) + 1
+    entry = {
+        "revision": revision,
+        "at": round(time.time(), 3),
+        "by": who,
+        "level": body.level,
+        "params": body.params,
+        "note": body.note,
+    }
+    record = {
+        "revision": revision,
+        "levels": levels,
+        "history": [*current.get("history", []), entry][-200:],
+    }
+    await gw.store.table_set("settings", task, record)
+    rt.overrides, rt.settings_revision = levels, revision
+    return {
+        "task": task,
+        "revision": revision,
+        "level": body.level,
+        "policy": {"kind": pol.kind, **pol.params()},
+    }
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(gw: Gateway = Depends(gateway)) -> Response:
+    body, ctype = gw.metrics.exposition()
+    return PlainTextResponse(body, media_type=ctype)
+
+
+@router.get("/admin/", include_in_schema=False)
+@router.get("/admin", include_in_schema=False)
+async def dashboard() -> FileResponse:
+    """A static page: it asks for the admin token and reads the guarded routes above."""
+    return FileResponse(STATIC / "dashboard.html", media_type="text/html")
+
+
+router.include_router(guarded)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
+from app.auth import Caller, caller
 from app.deps import gateway
 from app.main import Gateway
 from app.schemas import ErrorBody, GenerateRequest, GenerateResponse
+from app.timing import cascade_headers, overhead_ms
 
 router = APIRouter(tags=["generate"])
 
@@ -20,7 +22,11 @@ _ERRORS = {
 
 @router.post("/generate", response_model=GenerateResponse, responses=_ERRORS)  # type: ignore[arg-type]
 async def generate(
-    body: GenerateRequest, response: Response, gw: Gateway = Depends(gateway)
+    body: GenerateRequest,
+    request: Request,
+    response: Response,
+    gw: Gateway = Depends(gateway),
+    who: Caller = Depends(caller),
 ) -> dict[str, object]:
     """Answer with the cheapest level whose policy accepts its answer."""
     outcome = await gw.cascade.run(
@@ -29,8 +35,8 @@ async def generate(
         max_tokens=body.max_tokens,
         temperature=body.temperature,
         use_cache=body.cache,
+        tenant=who.tenant,
     )
-    response.headers["x-cascade-level"] = outcome.level
-    response.headers["x-cascade-cached"] = str(outcome.cached).lower()
-    response.headers["x-cascade-overhead-ms"] = f"{outcome.overhead_ms:.3f}"
+    overhead = overhead_ms(request, outcome.model_ms)
+    response.headers.update(cascade_headers(outcome.level, outcome.cached, overhead))
     return outcome.to_json()

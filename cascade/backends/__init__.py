@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from cascade.backends.base import BackendError, LMResult
@@ -27,12 +28,18 @@ class BackendPool:
         models_dir: Path,
         cache: object | None = None,
         n_threads: int | None = None,
+        wrap: Callable[[str, object], object] | None = None,
     ) -> None:
         self.config = config
         self.models_dir = models_dir
         self.cache = cache
         self.n_threads = n_threads
+        self.wrap = wrap  # e.g. benchmarks memoise frozen models: wrap(kind, backend)
         self._made: dict[str, object] = {}
+
+    def _keep(self, name: str, kind: str, backend: object) -> object:
+        self._made[name] = self.wrap(kind, backend) if self.wrap is not None else backend
+        return self._made[name]
 
     def _cfg(self, name: str) -> object:
         try:
@@ -46,12 +53,16 @@ class BackendPool:
         if name not in self._made:
             cfg = self._cfg(name)
             assert isinstance(cfg, LlamaCfg)
-            self._made[name] = LlamaBackend(
-                resolve(self.models_dir, cfg.model),
-                n_ctx=cfg.n_ctx,
-                n_threads=cfg.n_threads or self.n_threads,
-                top_k_entropy=cfg.top_k_entropy,
-                name=Path(cfg.model).stem,
+            self._keep(
+                name,
+                "llama",
+                LlamaBackend(
+                    resolve(self.models_dir, cfg.model),
+                    n_ctx=cfg.n_ctx,
+                    n_threads=cfg.n_threads or self.n_threads,
+                    top_k_entropy=cfg.top_k_entropy,
+                    name=Path(cfg.model).stem,
+                ),
             )
         return self._made[name]
 
@@ -85,8 +96,12 @@ class BackendPool:
         if name not in self._made:
             cfg = self._cfg(name)
             assert isinstance(cfg, EncoderCfg)
-            self._made[name] = EncoderBackend(
-                resolve(self.models_dir, cfg.model), cfg.max_length, name=Path(cfg.model).name
+            self._keep(
+                name,
+                "encoder",
+                EncoderBackend(
+                    resolve(self.models_dir, cfg.model), cfg.max_length, name=Path(cfg.model).name
+                ),
             )
         return self._made[name]
 

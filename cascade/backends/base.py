@@ -25,6 +25,7 @@ class LMResult:
     text: str
     model: str
     token_logprobs: list[float] = field(default_factory=list)
+    tokens: list[str] | None = None  # the text of each generated token, where known
     entropies: list[float] | None = None
     top_logprobs: list[dict[str, float]] | None = None
     label_probs: dict[str, float] | None = None

@@ -26,6 +26,9 @@ class EncoderBackend:
             )
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         self._torch = torch
         self.name = name or path.name

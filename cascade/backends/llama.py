@@ -193,11 +193,14 @@ class LlamaBackend:
         max_tokens: int,
         temperature: float = 0.0,
         seed: int = 0,
+        stop: threading.Event | None = None,
     ) -> Iterator[tuple[str, LMResult | None]]:
-        """Yield (text delta, None) per token, then ("", final result) once at the end."""
+        """Yield (text delta, None) per token, then ("", final result) once at the end.
+        Setting ``stop`` ends generation early (the client went away)."""
         tokens = self.tokenize(self.render(messages))
         rng = np.random.default_rng(seed)
         out_ids: list[int] = []
+        toks: list[str] = []
         lps: list[float] = []
         ents: list[float] = []
         finish = "length"
@@ -205,6 +208,9 @@ class LlamaBackend:
         with self._lock:
             logits, _ = self._prefill(tokens, want_hidden=False)
             for _ in range(max_tokens):
+                if stop is not None and stop.is_set():
+                    finish = "cancelled"
+                    break
                 lsm = logits - np.logaddexp.reduce(logits)
                 if temperature <= 0:
                     tok = int(np.argmax(lsm))
@@ -220,6 +226,7 @@ class LlamaBackend:
                     ents.append(entropy_of_logprobs(lsm[k]))
                 lps.append(float(lsm[tok]))
                 out_ids.append(tok)
+                toks.append(self._llm.detokenize([tok]).decode("utf-8", "replace"))
                 text_now = self._llm.detokenize(out_ids)
                 # emit only complete UTF-8 characters
                 try:

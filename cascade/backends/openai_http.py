@@ -146,10 +146,10 @@ class OpenAIBackend:
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
-        if self.want_logprobs and self.logprobs_supported is not False:
+        if self.want_logprobs:
             payload["logprobs"] = True
-            if top_logprobs:
-                payload["top_logprobs"] = top_logprobs
+            # llama.cpp's server returns no logprobs at all unless top_logprobs >= 1
+            payload["top_logprobs"] = max(1, top_logprobs)
         return payload
 
     def _note_logprobs(self, content: list[Any] | None) -> None:
@@ -205,6 +205,7 @@ class OpenAIBackend:
         remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
         timeout = self.timeout_s if remaining is None else min(self.timeout_s, remaining)
         parts: list[str] = []
+        toks: list[str] = []
         lps: list[float] = []
         tops: list[dict[str, float]] = []
         finish = None
@@ -226,6 +227,7 @@ class OpenAIBackend:
                     delta = (choice.get("delta") or {}).get("content") or ""
                     for item in ((choice.get("logprobs") or {}).get("content")) or []:
                         lps.append(float(item["logprob"]))
+                        toks.append(str(item.get("token", "")))
                         tops.append(_top_map(item))
                     finish = choice.get("finish_reason") or finish
                     if delta:
@@ -239,6 +241,7 @@ class OpenAIBackend:
                 text="".join(parts),
                 model=self.model,
                 token_logprobs=lps,
+                tokens=toks or None,
                 entropies=[entropy_of_logprobs(np.fromiter(t.values(), float)) for t in tops if t]
                 or None,
                 top_logprobs=tops or None,
@@ -270,12 +273,14 @@ def parse_chat_response(data: dict[str, Any], model: str, matcher: LabelMatcher 
         raise BackendError(f"{model}: malformed chat completion: {str(data)[:200]}") from e
     content = (choice.get("logprobs") or {}).get("content") or []
     lps = [float(c["logprob"]) for c in content if "logprob" in c]
+    toks = [str(c.get("token", "")) for c in content if "logprob" in c]
     tops = [_top_map(c) for c in content]
     entropies = [entropy_of_logprobs(np.fromiter(t.values(), float)) for t in tops if t]
     result = LMResult(
         text=text,
         model=model,
         token_logprobs=lps,
+        tokens=toks or None,
         entropies=entropies or None,
         top_logprobs=tops or None,
         finish_reason=choice.get("finish_reason"),

@@ -9,7 +9,10 @@ from cascade.levels.base import Demo, Level, LevelOutput, Query
 __all__ = ["Demo", "Level", "LevelOutput", "Query", "build_level"]
 
 
-def build_level(cfg: LevelConfig, task: TaskConfig, pool: BackendPool) -> Level:
+def build_level(
+    cfg: LevelConfig, task: TaskConfig, pool: BackendPool, for_learner: bool = False
+) -> Level:
+    """A level of a task; ``for_learner`` skips loading LMs (the learner trains heads only)."""
     if cfg.kind == "logistic":
         from cascade.levels.logistic import LogisticLevel
 
@@ -22,7 +25,7 @@ def build_level(cfg: LevelConfig, task: TaskConfig, pool: BackendPool) -> Level:
     if cfg.kind == "local_lm":
         from cascade.levels.lm import LocalLMLevel
 
-        return LocalLMLevel(cfg, task, pool.llama(cfg.backend))
+        return LocalLMLevel(cfg, task, None if for_learner else pool.llama(cfg.backend))
     if cfg.kind == "openai":
         from cascade.levels.lm import OpenAILevel
 

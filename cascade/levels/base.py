@@ -9,6 +9,7 @@ the learner publishes as versions and every gateway process hot-reloads.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -66,7 +67,8 @@ class Level(ABC):
     """Base of all level kinds; subclasses set ``kind`` and implement ``predict``."""
 
     kind: ClassVar[str]
-    trainable: ClassVar[bool] = False
+    trainable: bool = False
+    updates: int = 0
 
     def __init__(self, cfg: LevelConfig, task: TaskConfig) -> None:
         self.cfg = cfg
@@ -78,6 +80,11 @@ class Level(ABC):
 
     @abstractmethod
     async def predict(self, q: Query) -> LevelOutput: ...
+
+    async def stream(self, q: Query) -> AsyncIterator[tuple[str, LevelOutput | None]]:
+        """Text deltas as they are generated, then ("", the output). Levels that cannot
+        stream (and classify answers) yield only the output."""
+        yield "", await self.predict(q)
 
     def warmup(self) -> None:  # noqa: B027 (optional hook)
         """Do the one-time work of the first request at start-up instead (blocking)."""
@@ -91,6 +98,9 @@ class Level(ABC):
         """Update from demonstrations (learner side); return whether anything changed."""
         return False
 
+    def remember(self, demos: list[Demo]) -> None:  # noqa: B027 (optional)
+        """Rebuild training memory from already-applied demonstrations (learner restart)."""
+
     def state(self) -> dict[str, np.ndarray]:
         return {}
 
@@ -102,6 +112,8 @@ class Level(ABC):
     def classify_output(self, probs: np.ndarray, latency_ms: float, **kw: Any) -> LevelOutput:
         i = int(np.argmax(probs))
         label = self.labels[i]
+        if self.trainable:
+            kw.setdefault("extra", {})["updates"] = float(self.updates)
         return LevelOutput(
             name=self.name,
             text=label,

@@ -1,7 +1,7 @@
 """Level 2 for classify tasks: a sentence encoder with a classification head learned online.
 
-The encoder (all-MiniLM-L6-v2) is frozen and shared; the head is a softmax regression trained
-on demonstrations. The embedding is computed once per request and shared with later levels
+The encoder (all-MiniLM-L6-v2) is frozen and shared; the head is a logistic regression refitted
+on the demonstrations. The embedding is computed once per request and shared with later levels
 (``Query.shared["embedding"]``) and carried in the demonstration, so the learner need not
 re-encode.
 """
@@ -16,7 +16,7 @@ import numpy as np
 from cascade.backends.encoder import EncoderBackend
 from cascade.config import LevelConfig, TaskConfig
 from cascade.levels.base import Demo, Level, LevelOutput, Query
-from cascade.levels.heads import SoftmaxHead
+from cascade.levels.heads import LogisticHead
 
 
 class EncoderLevel(Level):
@@ -27,16 +27,12 @@ class EncoderLevel(Level):
         super().__init__(cfg, task)
         self.encoder = encoder
         p = cfg.params
-        self.batch_size = int(p.get("batch_size", 8))
-        self.head = SoftmaxHead(
-            encoder.dim,
+        self.head = LogisticHead(
             len(self.labels),
-            lr=float(p.get("lr", 0.05)),
-            l2=float(p.get("l2", 1e-4)),
-            steps=int(p.get("steps", 20)),
+            c=float(p.get("c", 0.1)),
+            refit_every=int(p.get("refit_every", 16)),
+            min_examples=int(p.get("min_examples", 32)),
         )
-        self._pending: list[tuple[np.ndarray, int]] = []
-        self.updates = 0
 
     def warmup(self) -> None:
         self.encoder.embed(["warm up"])
@@ -56,25 +52,30 @@ class EncoderLevel(Level):
             return self.not_ready(ms)
         return self.classify_output(self.head.proba(emb), ms)
 
-    def learn(self, demos: list[Demo]) -> bool:
+    def _examples(self, demos: list[Demo]) -> tuple[np.ndarray, np.ndarray] | None:
         todo = [d for d in demos if d.label in self.labels]
+        if not todo:
+            return None
         missing = [d for d in todo if d.embedding is None]
-        if missing:
+        if missing:  # the demonstration did not carry it: embed here
             embs = self.encoder.embed([d.text for d in missing])
             for d, e in zip(missing, embs, strict=True):
                 d.embedding = e
-        for d in todo:
-            assert d.embedding is not None and d.label is not None
-            self._pending.append((d.embedding, self.labels.index(d.label)))
-        if len(self._pending) < self.batch_size:
+        x = np.stack([d.embedding for d in todo if d.embedding is not None])
+        y = np.array([self.labels.index(d.label) for d in todo if d.label is not None])
+        return x, y
+
+    def learn(self, demos: list[Demo]) -> bool:
+        ex = self._examples(demos)
+        if ex is None or not self.head.add(*ex):
             return False
-        x = np.stack([e for e, _ in self._pending])
-        y = np.array([c for _, c in self._pending])
-        self.head.add(x, y)
-        self.head.fit_steps(fresh=len(y))
-        self._pending = []
         self.updates += 1
         return True
+
+    def remember(self, demos: list[Demo]) -> None:
+        ex = self._examples(demos)
+        if ex is not None:
+            self.head.remember(*ex)
 
     def state(self) -> dict[str, np.ndarray]:
         if not self.head.trained:

@@ -9,17 +9,25 @@ travel on to the policies.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
 
 import anyio
 import numpy as np
 
-from cascade.backends.base import LMResult
+from cascade.backends.base import BackendError, LMResult
 from cascade.backends.llama import LlamaBackend
 from cascade.backends.openai_http import OpenAIBackend
 from cascade.config import LevelConfig, TaskConfig
-from cascade.levels.base import Level, LevelOutput, Query
+from cascade.demos import decode_vector
+from cascade.levels.base import Demo, Level, LevelOutput, Query
+from cascade.levels.heads import LogisticHead
+
+T = TypeVar("T")
 
 
 def sequence_confidence(token_logprobs: list[float]) -> float:
@@ -54,28 +62,132 @@ class _LMLevel(Level):
 
 
 class LocalLMLevel(_LMLevel):
+    """A GGUF LM in-process. For classify tasks, ``params.probe: true`` adds a head learned
+    online over the LM's final hidden state (and its zero-shot label log-probabilities): the
+    small LM then imitates the large LM instead of answering zero-shot."""
+
     kind = "local_lm"
 
-    def __init__(self, cfg: LevelConfig, task: TaskConfig, backend: LlamaBackend) -> None:
+    def __init__(self, cfg: LevelConfig, task: TaskConfig, backend: LlamaBackend | None) -> None:
         super().__init__(cfg, task)
-        self.backend = backend
+        self.backend = backend  # None in the learner process: only the probe is needed there
+        p = cfg.params
+        self.probe_enabled = bool(p.get("probe", False)) and task.kind == "classify"
+        self.trainable = self.probe_enabled
+        self.probe = LogisticHead(
+            len(self.labels) or 1,
+            c=float(p.get("probe_c", 0.01)),
+            refit_every=int(p.get("refit_every", 16)),
+            min_examples=int(p.get("probe_min_examples", 32)),
+        )
+
+    def _need_backend(self) -> LlamaBackend:
+        if self.backend is None:
+            raise BackendError(f"level {self.name}: no model loaded in this process")
+        return self.backend
 
     def warmup(self) -> None:
+        backend = self._need_backend()
         messages = [{"role": "user", "content": "hello"}]
         if self.matcher is not None:
-            self.backend.classify(messages, self.matcher)  # also scans the vocabulary once
+            backend.classify(messages, self.matcher)  # also scans the vocabulary once
         else:
-            self.backend.generate(messages, max_tokens=1)
+            backend.generate(messages, max_tokens=1)
+
+    # ------------------------------------------------------------------ probe
+
+    def probe_input(self, hidden: np.ndarray, zero_shot: np.ndarray) -> np.ndarray:
+        return np.concatenate([hidden, np.log(np.clip(zero_shot, 1e-6, 1.0))]).astype(np.float32)
+
+    @property
+    def probe_ready(self) -> bool:
+        return self.probe.trained
+
+    def to_output(self, r: LMResult, latency_ms: float) -> LevelOutput:
+        out = super().to_output(r, latency_ms)
+        if not (self.probe_enabled and out.valid and out.probs is not None):
+            return out
+        zero_shot = out.probs
+        for lab, pz in zip(self.labels, zero_shot, strict=True):
+            out.extra[f"zs_{lab}"] = float(pz)
+        if self.probe_ready and r.hidden is not None:
+            probs = self.probe.proba(self.probe_input(r.hidden, zero_shot))
+            i = int(np.argmax(probs))
+            out.probs, out.label, out.text = probs, self.labels[i], self.labels[i]
+            out.confidence = float(probs[i])
+            out.extra["zs_agree"] = float(int(np.argmax(zero_shot)) == i)
+            out.extra["updates"] = float(self.updates)
+        return out
+
+    def _examples(self, demos: list[Demo]) -> tuple[np.ndarray, np.ndarray] | None:
+        xs, ys = [], []
+        for d in demos:
+            rec = d.levels.get(self.name) or {}
+            if d.label not in self.labels or not rec.get("hidden") or not rec.get("valid", True):
+                continue
+            extra = (rec.get("features") or {}).get("extra") or {}
+            zs = np.array([extra.get(f"zs_{lab}", 1.0 / len(self.labels)) for lab in self.labels])
+            xs.append(self.probe_input(decode_vector(rec["hidden"]), zs))
+            ys.append(self.labels.index(d.label))
+        return (np.stack(xs), np.array(ys)) if xs else None
+
+    def learn(self, demos: list[Demo]) -> bool:
+        if not self.probe_enabled:
+            return False
+        ex = self._examples(demos)
+        if ex is None or not self.probe.add(*ex):
+            return False
+        self.updates += 1
+        return True
+
+    def remember(self, demos: list[Demo]) -> None:
+        ex = self._examples(demos) if self.probe_enabled else None
+        if ex is not None:
+            self.probe.remember(*ex)
+
+    def state(self) -> dict[str, np.ndarray]:
+        if not self.probe.trained:
+            return {}
+        return {**self.probe.state(), "updates": np.array([self.updates], dtype=np.int64)}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.probe.load_state(arrays)
+        if "updates" in arrays:
+            self.updates = int(arrays["updates"][0])
+
+    # ------------------------------------------------------------------ serving
+
+    async def stream(self, q: Query) -> AsyncIterator[tuple[str, LevelOutput | None]]:
+        if self.task.kind != "generate":
+            yield "", await self.predict(q)
+            return
+        backend = self._need_backend()
+        t0 = time.perf_counter()
+        stop = threading.Event()
+        final: LMResult | None = None
+        try:
+            async for delta, r in _in_thread(
+                lambda: backend.iter_generate(q.messages, q.max_tokens, q.temperature, stop=stop)
+            ):
+                if r is not None:
+                    final = r
+                elif delta:
+                    yield delta, None
+        finally:
+            stop.set()  # the client went away: let the model stop generating
+        assert final is not None
+        yield "", self.to_output(final, (time.perf_counter() - t0) * 1000)
 
     async def predict(self, q: Query) -> LevelOutput:
+        backend = self._need_backend()
         t0 = time.perf_counter()
         if self.task.kind == "classify":
             assert self.matcher is not None
             matcher = self.matcher
-            r = await anyio.to_thread.run_sync(lambda: self.backend.classify(q.messages, matcher))
+            r = await anyio.to_thread.run_sync(lambda: backend.classify(q.messages, matcher))
         else:
             r = await anyio.to_thread.run_sync(
-                lambda: self.backend.generate(q.messages, q.max_tokens, q.temperature)
+                lambda: backend.generate(q.messages, q.max_tokens, q.temperature)
             )
         return self.to_output(r, (time.perf_counter() - t0) * 1000)
 
@@ -87,6 +199,19 @@ class OpenAILevel(_LMLevel):
         super().__init__(cfg, task)
         self.backend = backend
 
+    async def stream(self, q: Query) -> AsyncIterator[tuple[str, LevelOutput | None]]:
+        if self.task.kind != "generate":
+            yield "", await self.predict(q)
+            return
+        t0 = time.perf_counter()
+        async for delta, r in self.backend.stream(
+            q.messages, q.max_tokens, q.temperature, deadline=q.deadline
+        ):
+            if r is not None:
+                yield "", self.to_output(r, (time.perf_counter() - t0) * 1000)
+            elif delta:
+                yield delta, None
+
     async def predict(self, q: Query) -> LevelOutput:
         t0 = time.perf_counter()
         if self.task.kind == "classify":
@@ -97,3 +222,35 @@ class OpenAILevel(_LMLevel):
                 q.messages, q.max_tokens, q.temperature, deadline=q.deadline
             )
         return self.to_output(r, (time.perf_counter() - t0) * 1000)
+
+
+_END = object()
+
+
+async def _in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    """Run a blocking generator in a worker thread and iterate it from the event loop."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+
+    def work() -> None:
+        try:
+            for item in make():
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+        except BaseException as e:
+            loop.call_soon_threadsafe(queue.put_nowait, _Raised(e))
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+    loop.run_in_executor(None, work)  # finishes on its own (callers can signal it to stop)
+    while True:
+        item = await queue.get()
+        if item is _END:
+            break
+        if isinstance(item, _Raised):
+            raise item.error
+        yield item  # type: ignore[misc]
+
+
+class _Raised:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error

@@ -125,6 +125,19 @@ class Store(ABC):
     async def read_counters(self, task: str, window_s: int | None = None) -> dict[str, float]:
         """Counters of a task over the last ``window_s`` seconds (None: since the beginning)."""
 
+    async def read_series(self, task: str, window_s: int) -> list[tuple[int, dict[str, float]]]:
+        """Per-bucket counters over a window, oldest first: (bucket start, counters)."""
+        name, size, n = bucket_plan(window_s)
+        current = int(time.time() // size)
+        idx = list(range(current - n + 1, current + 1))
+        rows = await self._read_buckets(task, name, idx)
+        return [(i * size, r) for i, r in zip(idx, rows, strict=True)]
+
+    @abstractmethod
+    async def _read_buckets(
+        self, task: str, name: str, idx: list[int]
+    ) -> list[dict[str, float]]: ...
+
     # ------------------------------------------------------------------ demonstrations
 
     @abstractmethod
@@ -143,6 +156,13 @@ class Store(ABC):
 
     @abstractmethod
     async def ack_demos(self, task: str, ids: list[str]) -> None: ...
+
+    @abstractmethod
+    async def history(
+        self, task: str, after: str | None, upto: str, count: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Already-applied demonstrations in order, after ``after`` (None: from the first) up
+        to and including ``upto``: a restarted learner rebuilds its training memory from them."""
 
     @abstractmethod
     async def demo_lag(self, task: str) -> int:
@@ -168,6 +188,23 @@ class Store(ABC):
 
     @abstractmethod
     async def get_version(self, task: str, number: int) -> bytes | None: ...
+
+    # ------------------------------------------------------------------ small shared tables
+
+    @abstractmethod
+    async def table_get(self, table: str, key: str) -> dict[str, Any] | None:
+        """One entry of a small durable table (API keys, settings history)."""
+
+    @abstractmethod
+    async def table_set(self, table: str, key: str, value: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    async def table_all(self, table: str) -> dict[str, dict[str, Any]]: ...
+
+    @abstractmethod
+    async def rate_hit(self, key: str, limit: int, window_s: int = 60) -> tuple[bool, float]:
+        """Count one request against ``limit`` per fixed window, across every process sharing
+        the store; return (allowed, seconds until the window resets)."""
 
     # ------------------------------------------------------------------ records
 

@@ -15,7 +15,7 @@ from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Any
 
-from cascade.store.base import BUCKETS, Store, bucket_plan
+from cascade.store.base import BUCKETS, Store
 
 
 class _TTLDict:
@@ -63,6 +63,8 @@ class MemoryStore(Store):
         self._read_off: dict[str, int] = {}  # its byte offset in the file
         self._acked: dict[str, int] = {}
         self._demo_event = asyncio.Event()
+        self._tables: dict[str, tuple[int, dict[str, dict[str, Any]]]] = {}
+        self._rates: dict[tuple[str, int], int] = {}
         self._file_lock = asyncio.Lock()
 
     def describe(self) -> dict[str, Any]:
@@ -85,6 +87,49 @@ class MemoryStore(Store):
 
     async def get_record(self, key: str) -> dict[str, Any] | None:
         return self._records.get(key)
+
+    # ------------------------------------------------------------------ tables
+
+    def _table_path(self, table: str) -> Path:
+        return self.data_dir / "tables" / f"{table}.json"
+
+    def _table(self, table: str) -> dict[str, dict[str, Any]]:
+        """Re-read when the file changed: another process (the CLI) may have written it."""
+        path = self._table_path(table)
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return {}
+        cached = self._tables.get(table)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, json.loads(path.read_text(encoding="utf-8") or "{}"))
+            self._tables[table] = cached
+        return cached[1]
+
+    async def table_get(self, table: str, key: str) -> dict[str, Any] | None:
+        return self._table(table).get(key)
+
+    async def table_set(self, table: str, key: str, value: dict[str, Any]) -> None:
+        data = dict(self._table(table))
+        data[key] = value
+        path = self._table_path(table)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+        self._tables.pop(table, None)
+
+    async def table_all(self, table: str) -> dict[str, dict[str, Any]]:
+        return dict(self._table(table))
+
+    async def rate_hit(self, key: str, limit: int, window_s: int = 60) -> tuple[bool, float]:
+        now = time.time()
+        window = int(now // window_s)
+        slot = (key, window)
+        self._rates[slot] = self._rates.get(slot, 0) + 1
+        for old in [k for k in self._rates if k[1] < window]:
+            del self._rates[old]
+        return self._rates[slot] <= limit, (window + 1) * window_s - now
 
     # ------------------------------------------------------------------ counters
 
@@ -109,13 +154,14 @@ class MemoryStore(Store):
     async def read_counters(self, task: str, window_s: int | None = None) -> dict[str, float]:
         if window_s is None:
             return dict(self._totals.get(task, {}))
-        name, size, n = bucket_plan(window_s)
-        current = int(time.time() // size)
         out: defaultdict[str, float] = defaultdict(float)
-        for b in range(current - n + 1, current + 1):
-            for k, v in self._buckets.get((task, name, b), {}).items():
+        for _, row in await self.read_series(task, window_s):
+            for k, v in row.items():
                 out[k] += v
         return dict(out)
+
+    async def _read_buckets(self, task: str, name: str, idx: list[int]) -> list[dict[str, float]]:
+        return [dict(self._buckets.get((task, name, b), {})) for b in idx]
 
     # ------------------------------------------------------------------ demonstrations
 
@@ -166,6 +212,18 @@ class MemoryStore(Store):
         self._read_pos[task] = pos + len(out)
         self._read_off[task] = off
         return [(f"0-{pos + i}", d) for i, d in enumerate(out)]
+
+    async def history(
+        self, task: str, after: str | None, upto: str, count: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        start = _seq(after) + 1 if after else 0
+        stop = _seq(upto) + 1
+        n = min(count, stop - start)
+        if n <= 0:
+            return []
+        off = await asyncio.to_thread(_offset_of_line, self._demo_path(task), start)
+        out, _ = await asyncio.to_thread(_read_lines, self._demo_path(task), off, n)
+        return [(f"0-{start + i}", d) for i, d in enumerate(out)]
 
     async def ack_demos(self, task: str, ids: list[str]) -> None:
         if ids:

@@ -22,7 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from cascade.store.base import BUCKETS, Store, bucket_plan
+from cascade.store.base import BUCKETS, Store
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,34 @@ class RedisStore(Store):
             return None
         return None if raw is None else json.loads(raw)
 
+    # ------------------------------------------------------------------ tables
+
+    async def table_get(self, table: str, key: str) -> dict[str, Any] | None:
+        raw = await self.slow.hget(self.k("table", table), key)
+        return None if raw is None else json.loads(raw)
+
+    async def table_set(self, table: str, key: str, value: dict[str, Any]) -> None:
+        await self.slow.hset(self.k("table", table), key, json.dumps(value))
+
+    async def table_all(self, table: str) -> dict[str, dict[str, Any]]:
+        raw = await self.slow.hgetall(self.k("table", table))
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    async def rate_hit(self, key: str, limit: int, window_s: int = 60) -> tuple[bool, float]:
+        now = time.time()
+        window = int(now // window_s)
+        rkey = self.k("rate", key, window)
+        try:
+            async with self.fast.pipeline(transaction=False) as pipe:
+                pipe.incr(rkey)
+                pipe.expire(rkey, window_s + 1)
+                count, _ = await pipe.execute()
+        except (RedisError, OSError) as e:
+            self.errors += 1
+            log.warning("rate limit not enforced, Redis unavailable: %s", e)
+            return True, 0.0  # fail open: an outage must not lock every client out
+        return int(count) <= limit, (window + 1) * window_s - now
+
     # ------------------------------------------------------------------ counters
 
     async def _write_counters(
@@ -166,17 +194,18 @@ class RedisStore(Store):
         if window_s is None:
             raw = await self.slow.hgetall(self.k("stats", task))
             return {k.decode(): float(v) for k, v in raw.items()}
-        name, size, n = bucket_plan(window_s)
-        current = int(time.time() // size)
+        out: defaultdict[str, float] = defaultdict(float)
+        for _, row in await self.read_series(task, window_s):
+            for k, v in row.items():
+                out[k] += v
+        return dict(out)
+
+    async def _read_buckets(self, task: str, name: str, idx: list[int]) -> list[dict[str, float]]:
         async with self.slow.pipeline(transaction=False) as pipe:
-            for b in range(current - n + 1, current + 1):
+            for b in idx:
                 pipe.hgetall(self.k("stats", task, name, b))
             rows = await pipe.execute()
-        out: defaultdict[str, float] = defaultdict(float)
-        for raw in rows:
-            for k, v in raw.items():
-                out[k.decode()] += float(v)
-        return dict(out)
+        return [{k.decode(): float(v) for k, v in raw.items()} for raw in rows]
 
     # ------------------------------------------------------------------ demonstrations
 
@@ -318,6 +347,13 @@ class RedisStore(Store):
         if gone:  # trimmed from the stream while pending: nothing left to learn from
             await self.ack_demos(task, gone)
         return out
+
+    async def history(
+        self, task: str, after: str | None, upto: str, count: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        start = f"({after}" if after else "-"
+        entries = await self.slow.xrange(self.k("demos", task), start, upto, count=count)
+        return _decode_entries(entries)[0]
 
     async def ack_demos(self, task: str, ids: list[str]) -> None:
         stream = self.k("demos", task)

@@ -1,0 +1,152 @@
+"""API keys (for clients) and the admin token (for operators).
+
+Keys are printed once at creation; only their sha256 is stored, in the shared store, so every
+gateway process sees the same keys. When no key exists the API is open (a fresh install);
+once one exists, every client must present one. Admin routes fail closed: without a
+configured admin token they are disabled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, HTTPException, Request
+
+from app.deps import gateway
+from app.main import Gateway
+from cascade.store import Store
+
+TABLE = "api_keys"
+_CACHE_S = 5.0  # a revoked key stops working within this many seconds
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str | None  # None: the API is open (no keys exist)
+    name: str | None = None
+
+    @property
+    def tenant(self) -> str | None:
+        return self.key_id
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def create_key(store: Store, name: str, rpm: int | None = None) -> tuple[str, dict[str, Any]]:
+    """A new key (returned once, never stored) and its record."""
+    key = "cg-" + secrets.token_urlsafe(24)
+    h = hash_key(key)
+    record = {
+        "id": h[:12],
+        "name": name,
+        "rpm": rpm,
+        "created": round(time.time(), 3),
+        "revoked": None,
+    }
+    await store.table_set(TABLE, h, record)
+    return key, record
+
+
+async def revoke_key(store: Store, key_id: str) -> bool:
+    for h, rec in (await store.table_all(TABLE)).items():
+        if rec.get("id") == key_id and rec.get("revoked") is None:
+            await store.table_set(TABLE, h, {**rec, "revoked": round(time.time(), 3)})
+            return True
+    return False
+
+
+class KeyCache:
+    """Per-process cache of key lookups, so the hot path rarely pays a store round trip."""
+
+    def __init__(self) -> None:
+        self._any: tuple[float, bool] = (0.0, False)
+        self._keys: dict[str, tuple[float, dict[str, Any] | None]] = {}
+
+    async def any_keys(self, store: Store) -> bool:
+        at, value = self._any
+        if time.monotonic() - at > _CACHE_S:
+            try:
+                value = bool(await store.table_all(TABLE))
+            except Exception:
+                store.errors += 1  # keep the last answer while the store is away
+            self._any = (time.monotonic(), value)
+        return value
+
+    async def lookup(self, store: Store, key: str) -> dict[str, Any] | None:
+        h = hash_key(key)
+        hit = self._keys.get(h)
+        if hit is not None and time.monotonic() - hit[0] <= _CACHE_S:
+            return hit[1]
+        try:
+            rec = await store.table_get(TABLE, h)
+        except Exception:
+            store.errors += 1
+            if hit is not None:
+                return hit[1]
+            raise HTTPException(503, "cannot check the API key: the store is unreachable") from None
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[h] = (time.monotonic(), rec)
+        return rec
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return None
+
+
+async def caller(request: Request, gw: Gateway = Depends(gateway)) -> Caller:
+    """Authenticate a client; enforce its requests-per-minute limit."""
+    cache: KeyCache = gw.keys
+    if not await cache.any_keys(gw.store):
+        return Caller(None)
+    key = _bearer(request)
+    if key is None:
+        raise HTTPException(
+            401,
+            "missing API key: send 'Authorization: Bearer <key>'",
+            headers={"www-authenticate": "Bearer"},
+        )
+    rec = await cache.lookup(gw.store, key)
+    if rec is None:
+        raise HTTPException(401, "invalid API key", headers={"www-authenticate": "Bearer"})
+    if rec.get("revoked"):
+        raise HTTPException(403, f"API key {rec['id']} was revoked")
+    rpm = rec.get("rpm")
+    if rpm:
+        allowed, retry = await gw.store.rate_hit(f"key:{rec['id']}", int(rpm))
+        if not allowed:
+            raise HTTPException(
+                429,
+                f"rate limit of {rpm} requests per minute exceeded for key {rec['id']}",
+                headers={"retry-after": str(max(1, int(retry + 0.999)))},
+            )
+    return Caller(rec["id"], rec.get("name"))
+
+
+async def admin(request: Request, gw: Gateway = Depends(gateway)) -> str:
+    """Fail closed: no configured token means the admin API is off."""
+    token = gw.settings.admin_token
+    if not token:
+        raise HTTPException(
+            403, "admin routes are disabled: set CASCADE_ADMIN_TOKEN to enable them"
+        )
+    given = _bearer(request) or request.headers.get("x-admin-token")
+    if given is None:
+        raise HTTPException(
+            401,
+            "admin token required: send 'Authorization: Bearer <token>'",
+            headers={"www-authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise HTTPException(403, "wrong admin token")
+    return "admin"

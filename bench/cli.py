@@ -1,0 +1,109 @@
+"""``cascade-gateway bench ...`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers: {text!r}") from None
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from bench.stream import StreamBenchArgs, stream_bench
+
+    if args.file is None and args.stream is None:
+        args.stream = "rotten-tomatoes"
+    sargs = StreamBenchArgs(
+        stream=args.stream,
+        file=Path(args.file) if args.file else None,
+        text_field=args.text_field,
+        label_field=args.label_field,
+        labels=args.labels.split(",") if args.labels else None,
+        prompt=args.prompt,
+        system_prompt=args.system_prompt,
+        task=args.task,
+        config=Path(args.config) if args.config else None,
+        limit=args.limit,
+        seed=args.seed,
+        distill_n=args.distill_n,
+        out=Path(args.out) if args.out else None,
+        timing=not args.no_timing,
+        write_doc=not args.no_doc,
+    )
+    if args.mu is not None:
+        sargs.mu = args.mu
+    if args.target_agreement is not None:
+        sargs.target_agreement = args.target_agreement
+    if args.thresholds is not None:
+        sargs.thresholds = args.thresholds
+    payload = asyncio.run(stream_bench(sargs))
+    best = [r for r in payload["runs"] if r["system"] == "cascade"]
+    print(
+        json.dumps(
+            {"stream": payload["stream"], "items": payload["items"], "cascade_runs": len(best)},
+            indent=None,
+        )
+    )
+    return 0
+
+
+def cmd_all(args: argparse.Namespace) -> int:
+    """Every benchmark, rewriting docs/BENCHMARKS.md (``make bench``)."""
+    base = ["--no-doc"] if args.no_doc else []
+    for stream in ("rotten-tomatoes", "trec"):
+        out = Path("bench/results") / f"stream-{stream}.json"
+        extra = ["--task", "sentiment"]
+        rc = main_bench(["stream", "--stream", stream, "--out", str(out), *extra, *base])
+        if rc:
+            return rc
+    return 0
+
+
+def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    b = sub.add_parser("bench", help="benchmarks (write docs/BENCHMARKS.md)")
+    bsub = b.add_subparsers(dest="bench_cmd", required=True)
+    _add_stream(bsub)
+    a = bsub.add_parser("all", help="run every benchmark")
+    a.add_argument("--no-doc", action="store_true")
+    a.set_defaults(fn=cmd_all)
+
+
+def _add_stream(bsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    s = bsub.add_parser("stream", help="online cascade learning on a labelled stream")
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--stream", choices=["rotten-tomatoes", "trec"], help="built-in stream")
+    src.add_argument("--file", help="your own CSV or JSONL stream")
+    s.add_argument("--text-field", default="text")
+    s.add_argument("--label-field", default="label")
+    s.add_argument("--labels", help="comma-separated label set (default: those in the file)")
+    s.add_argument("--prompt", help="user prompt template with {input} (with --file)")
+    s.add_argument("--system-prompt", help="system prompt (with --file)")
+    s.add_argument(
+        "--task",
+        default="sentiment",
+        help="configured task whose levels and costs the stream runs with",
+    )
+    s.add_argument("--config", help="configuration file (default: deploy/config.yaml)")
+    s.add_argument("--limit", type=int, default=5000)
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--mu", type=_floats, help="mu values to sweep, e.g. 0,0.01,0.1")
+    s.add_argument("--target-agreement", type=_floats, help="targets to sweep, e.g. 0.9,0.95")
+    s.add_argument("--thresholds", type=_floats, help="thresholds for the baselines")
+    s.add_argument("--distill-n", type=int, default=500)
+    s.add_argument("--out", help="write the JSON results here")
+    s.add_argument("--no-timing", action="store_true", help="skip the live per-level timing")
+    s.add_argument("--no-doc", action="store_true", help="do not rewrite docs/BENCHMARKS.md")
+    s.set_defaults(fn=cmd_stream)
+
+
+def main_bench(argv: list[str]) -> int:
+    from app.cli import main
+
+    return main(["bench", *argv])

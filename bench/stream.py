@@ -1,0 +1,306 @@
+"""``cascade-gateway bench stream``: online cascade learning on a labelled stream.
+
+Systems, all on the same stream in the same order:
+- ``llm_only``: the large LM answers everything (the quality reference, cost 1 per item);
+- ``threshold``: the static cascade: zero-shot small LM, untrained cheap levels, confidence
+  thresholds, no learning (swept over thresholds);
+- ``distill``: the first N items go to the large LM; the cheap levels are trained offline on
+  those N labels, then frozen behind confidence thresholds (swept);
+- ``cascade``: ours: every level and policy learns online from the large LM's answers
+  (swept over mu, or over target_agreement).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.harness import BenchContext, ItemResult, run_stream
+from bench.streams import Stream
+from cascade.config import LevelConfig, TaskConfig, ThresholdPolicyConfig
+
+
+@dataclass
+class RunSpec:
+    system: str  # cascade | llm_only | threshold | distill
+    knob: str | None = None  # "mu" | "target_agreement" | "threshold"
+    value: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.system if self.knob is None else f"{self.system} {self.knob}={self.value:g}"
+
+
+def _with_policy(lc: LevelConfig, policy: dict[str, Any] | ThresholdPolicyConfig) -> LevelConfig:
+    return LevelConfig.model_validate({**lc.model_dump(), "policy": policy})
+
+
+def task_for(spec: RunSpec, template: TaskConfig) -> TaskConfig:
+    """The task configuration a system runs with, derived from the configured cascade."""
+    levels = list(template.levels)
+    large = levels[-1]
+    if spec.system == "llm_only":
+        return template.model_copy(update={"levels": [large]})
+    cheap = levels[:-1]
+    if spec.system in ("threshold", "distill"):
+        t = float(spec.value if spec.value is not None else 0.9)
+        pol = {"kind": "threshold", "threshold": t}
+        if spec.system == "threshold":  # no learning: only zero-shot levels can answer
+            cheap = [lc for lc in cheap if lc.kind in ("local_lm", "openai")]
+            cheap = [
+                LevelConfig.model_validate(
+                    {
+                        **lc.model_dump(),
+                        "params": {k: v for k, v in lc.params.items() if k != "probe"},
+                    }
+                )
+                for lc in cheap
+            ]
+        return template.model_copy(
+            update={"levels": [_with_policy(lc, pol) for lc in cheap] + [large]}
+        )
+    # ours: keep each level's configured policy, set the swept knob on learned ones
+    out = []
+    for lc in cheap:
+        pol = lc.policy.model_dump()
+        if spec.knob == "mu":
+            pol.pop("target_agreement", None)
+            pol["mu"] = spec.value
+        elif spec.knob == "target_agreement":
+            pol["target_agreement"] = spec.value
+        out.append(_with_policy(lc, pol))
+    return template.model_copy(update={"levels": [*out, large]})
+
+
+def summarise(
+    spec: RunSpec,
+    results: list[ItemResult],
+    stream: Stream,
+    llm_labels: list[str | None],
+    level_seconds: dict[str, float],
+    llm_name: str,
+) -> dict[str, Any]:
+    n = len(results)
+    truth = [it.label for it in stream.items]
+    acc = np.mean([r.label == t for r, t in zip(results, truth, strict=True)])
+    agree = np.mean([r.label == g for r, g in zip(results, llm_labels, strict=True)])
+    share = np.mean([r.llm_called for r in results])
+    cost = float(sum(r.cost for r in results))
+    wall = sum(sum(level_seconds.get(name, 0.0) for name in r.levels_run) for r in results)
+    llm_wall = n * level_seconds.get(llm_name, 0.0)
+    answered: dict[str, int] = {}
+    for r in results:
+        answered[r.level] = answered.get(r.level, 0) + 1
+    row: dict[str, Any] = {"system": spec.system}
+    if spec.knob is not None:
+        row[spec.knob] = spec.value
+    row.update(
+        accuracy=round(float(acc), 4),
+        agreement=round(float(agree), 4),
+        llm_share=round(float(share), 4),
+        cost=round(cost, 3),
+        cost_ratio=round(cost / n, 4),  # the large LM alone costs 1 per item
+        wall_ratio=round(wall / llm_wall, 4) if llm_wall else None,
+        answered_by={k: round(v / n, 4) for k, v in sorted(answered.items())},
+        degraded=sum(r.degraded for r in results),
+        errors=sum(r.error is not None for r in results),
+    )
+    return row
+
+
+async def measure_level_seconds(
+    ctx: BenchContext, task: TaskConfig, stream: Stream, n: int = 12
+) -> dict[str, float]:
+    """Mean wall seconds of one call per level, measured live in this run (memo and replay
+    bypassed) on items from the end of the stream."""
+    from cascade.levels import Query, build_level
+    from cascade.levels.lm import LocalLMLevel, OpenAILevel
+    from cascade.prompts import render_messages
+
+    texts = [it.text for it in stream.items[-n:]]
+    out: dict[str, float] = {}
+    for lc in task.levels:
+        level = build_level(lc, task, ctx.pool)
+        if isinstance(level, LocalLMLevel) and level.backend is not None:
+            level.backend = getattr(level.backend, "backend", level.backend)
+        if hasattr(level, "encoder"):
+            level.encoder = getattr(level.encoder, "backend", level.encoder)
+        saved = None
+        if isinstance(level, OpenAILevel):
+            saved, level.backend.cache = level.backend.cache, None
+        queries = [
+            Query("bench", t, render_messages(task.prompt, t), task.max_tokens) for t in texts
+        ]
+        await level.predict(queries[0])  # warm
+        t0 = time.perf_counter()
+        for q in queries:
+            q.shared.clear()
+            await level.predict(q)
+        out[lc.name] = (time.perf_counter() - t0) / len(queries)
+        if isinstance(level, OpenAILevel):
+            level.backend.cache = saved
+    return out
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+@dataclass
+class StreamBenchArgs:
+    stream: str | None = "rotten-tomatoes"
+    file: Path | None = None
+    text_field: str = "text"
+    label_field: str | None = "label"
+    labels: list[str] | None = None
+    prompt: str | None = None
+    system_prompt: str | None = None
+    task: str = "sentiment"
+    config: Path | None = None
+    limit: int | None = 5000
+    seed: int = 42
+    mu: tuple[float, ...] = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3)
+    target_agreement: tuple[float, ...] = (0.9, 0.93, 0.95, 0.97, 0.99)
+    thresholds: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+    distill_n: int = 500
+    out: Path | None = None
+    timing: bool = True
+    write_doc: bool = True
+
+
+def load_stream(args: StreamBenchArgs, models_dir: Path) -> Stream:
+    from bench.streams import builtin, from_file
+    from cascade.config import PromptConfig
+
+    if args.file is not None:
+        prompt = PromptConfig(system=args.system_prompt, user=args.prompt or "{input}")
+        return from_file(
+            args.file,
+            args.text_field,
+            args.label_field,
+            args.labels,
+            prompt,
+            seed=args.seed,
+            limit=args.limit,
+        )
+    assert args.stream is not None
+    return builtin(args.stream, models_dir, seed=args.seed, limit=args.limit)
+
+
+async def stream_bench(args: StreamBenchArgs) -> dict[str, Any]:
+    """Run every system on the stream; write JSON, the docs section and the plot."""
+    import os
+
+    from app.settings import Settings
+    from bench.harness import ANNOTATIONS, Progress, quiet_llama
+    from cascade.config import load_config
+    from cascade.llm_server import local_large_llm
+    from cascade.replay import ReplayFile
+
+    settings = Settings()
+    models_dir = settings.models_dir
+    stream = load_stream(args, models_dir)
+    if len(stream.labels) < 2:
+        raise ValueError("the stream needs at least two labels (--labels or a label field)")
+    base = load_config(args.config or settings.config_path)
+    template = stream.task_config(base.tasks[args.task])
+    replay = ReplayFile(ANNOTATIONS, write_name=f"{stream.name}.{_large_model(base, template)}")
+    missing = _missing_answers(base, template, stream, replay)
+    need_server = (missing > 0 or args.timing) and not settings.llm_base_url
+    print(
+        f"stream {stream.name}: {len(stream.items)} items, {len(stream.labels)} labels; "
+        f"{len(stream.items) - missing} large-LM answers recorded, {missing} to compute",
+        flush=True,
+    )
+    with local_large_llm(models_dir, settings.data_dir, enabled=need_server) as url:
+        if url:
+            os.environ["LLM_BASE_URL"] = url
+        config = load_config(args.config or settings.config_path)
+        template = stream.task_config(config.tasks[args.task])
+        ctx = BenchContext(config, models_dir, replay, stream.name)
+        rows: list[dict[str, Any]] = []
+        llm_name = template.levels[-1].name
+
+        spec = RunSpec("llm_only")
+        res = await run_stream(ctx, task_for(spec, template), stream, learn=False, label=spec.label)
+        llm_labels = [r.label for r in res]
+        seconds: dict[str, float] = {}
+        if args.timing:
+            with quiet_llama():
+                seconds = await measure_level_seconds(ctx, template, stream)
+            print("seconds per call: " + ", ".join(f"{k} {v:.4f}" for k, v in seconds.items()))
+        rows.append(summarise(spec, res, stream, llm_labels, seconds, llm_name))
+
+        specs = [RunSpec("threshold", "threshold", t) for t in args.thresholds]
+        specs += [RunSpec("distill", "threshold", t) for t in args.thresholds]
+        specs += [RunSpec("cascade", "mu", m) for m in args.mu]
+        specs += [RunSpec("cascade", "target_agreement", t) for t in args.target_agreement]
+        overall = Progress("bench stream", len(specs), every=1)
+        for n, spec in enumerate(specs, start=1):
+            task = task_for(spec, template)
+            t0 = time.perf_counter()
+            if spec.system == "threshold":
+                res = await run_stream(ctx, task, stream, learn=False, label=spec.label)
+            elif spec.system == "distill":
+                res = await run_stream(
+                    ctx,
+                    task,
+                    stream,
+                    freeze_after=args.distill_n,
+                    then_threshold=spec.value,
+                    label=spec.label,
+                )
+            else:
+                res = await run_stream(ctx, task, stream, label=spec.label)
+            row = summarise(spec, res, stream, llm_labels, seconds, llm_name)
+            row["run_s"] = round(time.perf_counter() - t0, 1)
+            rows.append(row)
+            overall.update(n, acc=row["accuracy"], llm_share=row["llm_share"])
+    payload = {
+        "stream": stream.name,
+        "items": len(stream.items),
+        "labels": stream.labels,
+        "seed": args.seed,
+        "seconds_per_call": seconds,
+        "distill_n": args.distill_n,
+        "runs": rows,
+    }
+    if args.out is not None:
+        write_json(args.out, payload)
+    if args.write_doc:
+        from bench.stream_report import write_stream_report
+
+        write_stream_report(payload, args)
+    return payload
+
+
+def _large_model(config: Any, task: TaskConfig) -> str:
+    backend = config.backends[task.levels[-1].backend]
+    return str(getattr(backend, "model", task.levels[-1].name))
+
+
+def _missing_answers(config: Any, task: TaskConfig, stream: Stream, replay: Any) -> int:
+    """How many large-LM answers the stream needs that are not recorded yet."""
+    from cascade.backends.openai_http import CLASSIFY_TOP_LOGPROBS, OpenAIBackend, payload_key
+    from cascade.prompts import render_messages
+
+    cfg = config.backends[task.levels[-1].backend]
+    if cfg.kind != "openai":
+        return 0
+    probe = OpenAIBackend(
+        "http://unused.invalid/v1", cfg.model, logprobs=cfg.logprobs, top_logprobs=cfg.top_logprobs
+    )
+    missing = 0
+    for it in stream.items:
+        payload = probe._base_payload(
+            render_messages(task.prompt, it.text), 1, 0.0, CLASSIFY_TOP_LOGPROBS
+        )
+        if replay._index.get((cfg.model, payload_key(payload))) is None:
+            missing += 1
+    return missing

@@ -1,0 +1,133 @@
+"""The stream benchmark's section of docs/BENCHMARKS.md and its accuracy/cost plot."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from bench.report import machine, md_table, plot_path, relpath, stamp, write_section
+
+_STYLE = {
+    "cascade": ("tab:blue", "o"),
+    "threshold": ("tab:orange", "s"),
+    "distill": ("tab:green", "^"),
+    "llm_only": ("black", "*"),
+}
+
+
+def _knob(row: dict[str, Any]) -> str:
+    for k in ("mu", "target_agreement", "threshold"):
+        if k in row:
+            return f"{k}={row[k]:g}"
+    return ""
+
+
+def plot(payload: dict[str, Any]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = payload["runs"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, xkey, xlabel in (
+        (axes[0], "llm_share", "share of items sent to the large LM"),
+        (axes[1], "wall_ratio", "wall time per item / large LM alone (measured)"),
+    ):
+        for system, (color, marker) in _STYLE.items():
+            for variant in ("mu", "target_agreement", "threshold", None):
+                pts = [
+                    r
+                    for r in rows
+                    if r["system"] == system
+                    and (
+                        variant in r
+                        if variant
+                        else not any(k in r for k in ("mu", "target_agreement", "threshold"))
+                    )
+                    and r.get(xkey) is not None
+                ]
+                if not pts:
+                    continue
+                pts.sort(key=lambda r: r[xkey])
+                name = system if variant is None else f"{system} ({variant})"
+                style = "--" if variant == "target_agreement" else "-"
+                ax.plot(
+                    [r[xkey] for r in pts],
+                    [r["accuracy"] for r in pts],
+                    style,
+                    marker=marker,
+                    color=color,
+                    label=name,
+                    alpha=0.85,
+                )
+        llm = next((r for r in rows if r["system"] == "llm_only"), None)
+        if llm is not None:
+            ax.axhline(llm["accuracy"], color="grey", lw=0.8)
+            ax.axhline(
+                llm["accuracy"] - 0.01, color="grey", lw=0.8, ls=":", label="large LM - 1 point"
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy (ground truth)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{payload['stream']}: {payload['items']} items, online, seeded order")
+    fig.tight_layout()
+    path = plot_path(f"stream-{payload['stream']}.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return relpath(path)
+
+
+def write_stream_report(payload: dict[str, Any], args: Any) -> None:
+    png = plot(payload)
+    rows = payload["runs"]
+    table = md_table(
+        [
+            "system",
+            "knob",
+            "accuracy",
+            "agreement w/ large",
+            "large-LM share",
+            "cost ratio",
+            "wall ratio",
+            "answered by",
+        ],
+        [
+            [
+                r["system"],
+                _knob(r),
+                r["accuracy"],
+                r["agreement"],
+                r["llm_share"],
+                r["cost_ratio"],
+                r.get("wall_ratio"),
+                ", ".join(f"{k} {v:.0%}" for k, v in r["answered_by"].items()),
+            ]
+            for r in rows
+        ],
+    )
+    secs = payload.get("seconds_per_call") or {}
+    cmd = (
+        "cascade-gateway bench stream "
+        + (
+            f"--file {shlex.quote(str(args.file))}"
+            if args.file
+            else f"--stream {payload['stream']}"
+        )
+        + f" --limit {payload['items']} --seed {payload['seed']}"
+    )
+    body = f"""## Stream: {payload["stream"]} ({payload["items"]} items)
+
+Written by `{cmd}` on {stamp()} ({machine()}).
+Every system sees the same items in the same seeded order; the cascade learns online from
+the large LM's answers (no peeking at labels); `distill` trains its cheap levels on the first
+{payload["distill_n"]} large-LM labels and then freezes them. Cost ratio: configured cost per
+item over the large LM alone; wall ratio: measured seconds per call of each level that ran,
+over the large LM alone (seconds per call: {", ".join(f"{k} {v:.4f}" for k, v in secs.items())}).
+
+![accuracy vs large-LM share]({png})
+
+{table}
+"""
+    write_section(f"stream:{payload['stream']}", body)

@@ -1,0 +1,91 @@
+"""What a request produces (an ``Outcome`` with one ``LevelTrace`` per level tried), and the
+errors a client can act on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class CascadeError(Exception):
+    """Base of errors a client can act on; ``status`` is the HTTP status to answer with."""
+
+    status = 400
+
+
+class UnknownTaskError(CascadeError):
+    status = 404
+
+
+class InputTooLargeError(CascadeError):
+    status = 413
+
+
+class CascadeUnavailableError(CascadeError):
+    """No level could answer (the large LM failed and no cheaper answer exists)."""
+
+    status = 503
+
+
+@dataclass
+class LevelTrace:
+    name: str
+    answered: bool
+    confidence: float | None
+    latency_ms: float
+    deferred: bool = False
+    explored: bool = False
+    valid: bool = True
+    ready: bool = True
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "answered": self.answered,
+            "confidence": None if self.confidence is None else round(self.confidence, 6),
+            "latency_ms": round(self.latency_ms, 3),
+            "ready": self.ready,
+            "valid": self.valid,
+            "explored": self.explored,
+            "error": self.error,
+        }
+
+
+@dataclass
+class Outcome:
+    request_id: str
+    task: str
+    output: str
+    label: str | None
+    level: str
+    levels: list[LevelTrace]
+    cached: bool
+    cost: float
+    degraded: bool = False
+    version: int = 0
+    overhead_ms: float = 0.0
+    total_ms: float = 0.0
+    finish_reason: str | None = None
+    logprobs: list[float] | None = None
+    tokens: list[str] | None = None
+    top_logprobs: list[dict[str, float]] | None = None
+    counters: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model_ms(self) -> float:
+        return sum(t.latency_ms for t in self.levels)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "task": self.task,
+            "output": self.output,
+            "label": self.label,
+            "level": self.level,
+            "levels": [t.to_json() for t in self.levels],
+            "cached": self.cached,
+            "cost": round(self.cost, 6),
+            "degraded": self.degraded,
+            "version": self.version,
+        }

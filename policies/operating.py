@@ -1,0 +1,112 @@
+"""The quality knob: keep a level's agreement with the large LM at or above a target.
+
+Exploration sends a uniform sample of the items that reach a level on to the large LM whatever
+the level would have done, so for those items we know the level's deferral score *and* whether
+its answer agrees with the large LM. Among them, the items scored below a threshold are an
+unbiased sample of what the level would answer at that threshold; the operating point is the
+largest threshold whose agreement (a one-sided Wilson lower bound, so small samples answer
+less) stays at or above the target: the fewest large-LM calls at the asked-for quality.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+
+def wilson_lower(successes: float, n: float, z: float) -> float:
+    if n <= 0:
+        return 0.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / denom
+
+
+class OperatingPoint:
+    """A threshold on a deferral score chosen from explored samples.
+
+    Samples keep the policy's input vector, not its score: a learned policy's scores move as
+    it learns, so every refit re-scores the window with the policy as it is now.
+    """
+
+    def __init__(
+        self,
+        target: float,
+        window: int = 2000,
+        z: float = 1.0,
+        min_samples: int = 30,
+        initial: float = 0.0,
+    ) -> None:
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"target_agreement must be in (0, 1], got {target}")
+        self.target = target
+        self.z = z
+        self.min_samples = min_samples
+        self.samples: deque[tuple[np.ndarray, float]] = deque(maxlen=window)
+        self.threshold = initial  # answer when score < threshold; 0.0 answers nothing
+        self._scores = np.zeros(0)
+
+    def observe(self, x: np.ndarray, agreed: bool) -> None:
+        self.samples.append((np.asarray(x, dtype=np.float32), float(agreed)))
+
+    def refit(self, score: Callable[[np.ndarray], np.ndarray]) -> float:
+        """Largest threshold whose lower-bound agreement meets the target (0: answer none)."""
+        if len(self.samples) < self.min_samples:
+            self.threshold = 0.0
+            return self.threshold
+        x = np.stack([v for v, _ in self.samples])
+        self._scores = np.asarray(score(x), dtype=np.float64)
+        order = np.argsort(self._scores, kind="stable")
+        scores = self._scores[order]
+        agreed = np.array([a for _, a in self.samples])[order]
+        cum = np.cumsum(agreed)
+        best = 0.0
+        for i in range(len(scores)):
+            # items 0..i answered: threshold just above scores[i]
+            if i + 1 < len(scores) and scores[i + 1] == scores[i]:
+                continue
+            if wilson_lower(cum[i], i + 1, self.z) >= self.target:
+                nxt = scores[i + 1] if i + 1 < len(scores) else scores[i] + 1e-6
+                best = float((scores[i] + nxt) / 2)
+        self.threshold = best
+        return best
+
+    def estimate(self) -> dict[str, float | int | None]:
+        """Agreement among explored items the level answers at the current threshold."""
+        n_all = len(self._scores)
+        if not n_all:
+            return {"n": 0, "agreement": None, "ci_low": None, "threshold": self.threshold}
+        agreed = np.array([a for _, a in self.samples])[-n_all:]
+        inside = self._scores < self.threshold
+        n = int(inside.sum())
+        agree = float(agreed[inside].sum()) if n else 0.0
+        return {
+            "n": n,
+            "agreement": agree / n if n else None,
+            "ci_low": wilson_lower(agree, n, self.z) if n else None,
+            "ci_high": 1.0 - wilson_lower(n - agree, n, self.z) if n else None,
+            "threshold": self.threshold,
+            "answer_share": n / n_all,
+        }
+
+    def state(self) -> dict[str, np.ndarray]:
+        if not self.samples:
+            return {"op_threshold": np.array([self.threshold], dtype=np.float64)}
+        return {
+            "op_x": np.stack([v for v, _ in self.samples]).astype(np.float32),
+            "op_agreed": np.array([a for _, a in self.samples], dtype=np.float32),
+            "op_threshold": np.array([self.threshold], dtype=np.float64),
+        }
+
+    def load_state(self, a: dict[str, np.ndarray]) -> None:
+        if "op_x" in a:
+            self.samples.clear()
+            for v, g in zip(a["op_x"], a["op_agreed"], strict=True):
+                self.samples.append((np.asarray(v, dtype=np.float32), float(g)))
+        if "op_threshold" in a:
+            self.threshold = float(a["op_threshold"][0])
