@@ -78,6 +78,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if settings.learner:
             log.info("several workers: the in-process learner is off; run `cascade-gateway learn`")
             os.environ["CASCADE_LEARNER"] = "false"
+    if args.no_llm_server and not settings.llm_base_url and _needs_local_llm(config):
+        print(
+            "cascade-gateway: the large LM has no endpoint: set LLM_BASE_URL, or drop "
+            "--no-llm-server to start the local llama.cpp server",
+            file=sys.stderr,
+        )
+        return 2
     with local_llm(settings, config, enabled=not args.no_llm_server):
         # workers re-read the settings and the config from the environment
         uvicorn.run(

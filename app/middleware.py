@@ -52,7 +52,11 @@ class JSONBodyDefault:
 
 
 class BodyLimit:
-    """413 before reading a body far larger than any valid request (cheap protection)."""
+    """413 for a body far larger than any valid request, before the app parses it.
+
+    With a Content-Length the check is free; a chunked body is read here (up to the limit)
+    and handed on whole, so an oversized one never reaches the JSON parser.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int, input_limit: int) -> None:
         self.app = app
@@ -60,32 +64,49 @@ class BodyLimit:
         self.input_limit = input_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
+        length = None
         for k, v in scope["headers"]:
-            if k == b"content-length" and v.isdigit() and int(v) > self.max_bytes:
+            if k == b"content-length":
+                length = int(v) if v.isdigit() else None
+        if length is not None:
+            if length > self.max_bytes:
                 await _reject(send, self.max_bytes, self.input_limit)
                 return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return msg
+            if msg["type"] != "http.request":
+                await self.app(scope, _replay([msg]), send)  # disconnect: let the app see it
+                return
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await _reject(send, self.max_bytes, self.input_limit)
+                return
+            chunks.append(body)
+            if not msg.get("more_body", False):
+                break
+        whole: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([whole], receive), send)
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _reject(send, self.max_bytes, self.input_limit)
 
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    queue = list(messages)
 
-class _TooLarge(Exception):  # noqa: N818 (control flow, never escapes)
-    pass
+    async def receive() -> Message:
+        if queue:
+            return queue.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 async def _reject(send: Send, limit: int, input_limit: int) -> None:

@@ -54,6 +54,25 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deferral(args: argparse.Namespace) -> int:
+    from bench.deferral_run import DeferralArgs, deferral_bench
+
+    dargs = DeferralArgs(
+        file=Path(args.file) if args.file else None,
+        text_field=args.text_field,
+        task=args.task,
+        config=Path(args.config) if args.config else None,
+        limit=args.limit,
+        seed=args.seed,
+        router_threshold=args.router_threshold,
+        out=Path(args.out) if args.out else None,
+        write_doc=not args.no_doc,
+    )
+    payload = asyncio.run(deferral_bench(dargs))
+    print(json.dumps({r["rule"]: r["auc_df"] for r in payload["rules"]}))
+    return 0
+
+
 def cmd_all(args: argparse.Namespace) -> int:
     """Every benchmark, rewriting docs/BENCHMARKS.md (``make bench``)."""
     base = ["--no-doc"] if args.no_doc else []
@@ -63,13 +82,24 @@ def cmd_all(args: argparse.Namespace) -> int:
         rc = main_bench(["stream", "--stream", stream, "--out", str(out), *extra, *base])
         if rc:
             return rc
-    return 0
+    return main_bench(["deferral", "--out", "bench/results/deferral-trec-chat.json", *base])
 
 
 def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b = sub.add_parser("bench", help="benchmarks (write docs/BENCHMARKS.md)")
     bsub = b.add_subparsers(dest="bench_cmd", required=True)
     _add_stream(bsub)
+    d = bsub.add_parser("deferral", help="token-level deferral rules on a generative stream")
+    d.add_argument("--file", help="CSV/JSONL of prompts (default: TREC questions)")
+    d.add_argument("--text-field", default="text")
+    d.add_argument("--task", default="chat", help="the generate task to run (its levels)")
+    d.add_argument("--config")
+    d.add_argument("--limit", type=int, default=1000)
+    d.add_argument("--seed", type=int, default=42)
+    d.add_argument("--router-threshold", type=float, default=0.25)
+    d.add_argument("--out")
+    d.add_argument("--no-doc", action="store_true")
+    d.set_defaults(fn=cmd_deferral)
     a = bsub.add_parser("all", help="run every benchmark")
     a.add_argument("--no-doc", action="store_true")
     a.set_defaults(fn=cmd_all)

@@ -95,6 +95,7 @@ class ItemResult:
     levels_run: list[str]
     degraded: bool = False
     error: str | None = None
+    output: str = ""
 
 
 async def run_stream(
@@ -151,7 +152,15 @@ async def run_stream(
             continue
         ran = [t.name for t in out.levels]
         results.append(
-            ItemResult(out.label, out.level, llm_name in ran, out.cost, ran, out.degraded)
+            ItemResult(
+                out.label,
+                out.level,
+                llm_name in ran,
+                out.cost,
+                ran,
+                out.degraded,
+                output=out.output,
+            )
         )
         correct += out.label == item.label
         if learner is not None and (freeze_after is None or i < freeze_after):

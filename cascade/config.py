@@ -100,7 +100,7 @@ def _policy(v: object) -> object:
 
 # ---------------------------------------------------------------------------------- levels
 
-LevelKind = Literal["logistic", "encoder", "local_lm", "openai"]
+LevelKind = Literal["logistic", "encoder", "local_lm", "openai", "router"]
 
 
 class LevelConfig(_Strict):
@@ -116,6 +116,17 @@ class LevelConfig(_Strict):
     def _parse_policy(cls, v: object) -> object:
         return _policy(v)
 
+    @model_validator(mode="after")
+    def _policy_builds(self) -> LevelConfig:
+        """Build the policy once, so an unknown kind or a bad parameter stops start-up."""
+        from policies import PolicyError, make_policy
+
+        try:
+            make_policy(self.policy.kind, **self.policy.model_dump(exclude={"kind"}))
+        except PolicyError as e:
+            raise ValueError(str(e)) from None
+        return self
+
 
 class PromptConfig(_Strict):
     system: str | None = None
@@ -129,6 +140,14 @@ class PromptConfig(_Strict):
         return v
 
 
+class QualityConfig(_Strict):
+    """When is a cheaper LM's generated answer acceptable next to the large LM's?"""
+
+    measure: Literal["exact", "token_f1", "rouge_l", "cosine"] = "cosine"
+    threshold: float = Field(0.8, ge=0.0, le=1.0)
+    backend: str | None = Field(None, description="encoder backend, for the cosine measure")
+
+
 class TaskConfig(_Strict):
     kind: Literal["classify", "generate"]
     labels: list[str] = Field(default_factory=list)
@@ -140,6 +159,7 @@ class TaskConfig(_Strict):
     levels: list[LevelConfig] = Field(min_length=1)
     cache_ttl_s: int = Field(86_400, ge=0)
     shared_cache: bool = False
+    quality: QualityConfig = QualityConfig(measure="token_f1", threshold=0.5)
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
@@ -151,6 +171,9 @@ class TaskConfig(_Strict):
             unknown = set(self.label_words) - set(self.labels)
             if unknown:
                 raise ValueError(f"label_words names unknown labels: {sorted(unknown)}")
+            from cascade.prompts import LabelMatcher
+
+            LabelMatcher(self.labels, self.label_words)  # words must tell the labels apart
         elif self.labels:
             raise ValueError("labels are only for classify tasks")
         names = [lv.name for lv in self.levels]
@@ -159,11 +182,19 @@ class TaskConfig(_Strict):
         last = self.levels[-1]
         if last.kind not in ("local_lm", "openai"):
             raise ValueError(f"the last level is the large LM and must be an LM, not {last.kind!r}")
-        for lv in self.levels:
+        for i, lv in enumerate(self.levels):
             if self.kind == "generate" and lv.kind in ("logistic", "encoder"):
                 raise ValueError(
                     f"level {lv.name!r}: kind {lv.kind!r} can only answer classify tasks"
                 )
+            if lv.kind == "router" and self.levels[i + 1].kind not in ("local_lm", "openai"):
+                raise ValueError(f"router {lv.name!r} must come right before an LM level")
+        if (
+            self.kind == "generate"
+            and self.quality.measure == "cosine"
+            and not self.quality.backend
+        ):
+            raise ValueError("quality.measure cosine needs quality.backend (an encoder)")
         return self
 
     def word(self, label: str) -> str:
@@ -184,6 +215,18 @@ class Config(_Strict):
     def _backends_exist(self) -> Config:
         needs = {"encoder": "encoder", "local_lm": "llama", "openai": "openai"}
         for tname, task in self.tasks.items():
+            qb = task.quality.backend
+            if qb is not None and getattr(self.backends.get(qb), "kind", None) != "encoder":
+                raise ValueError(f"tasks.{tname}.quality.backend: {qb!r} is not an encoder backend")
+            for lv in task.levels:
+                emb = lv.params.get("embed")
+                if emb is not None and getattr(self.backends.get(str(emb)), "kind", None) != (
+                    "encoder"
+                ):
+                    raise ValueError(
+                        f"tasks.{tname}.levels.{lv.name}.params.embed: {emb!r} is not an "
+                        "encoder backend"
+                    )
             for lv in task.levels:
                 if lv.kind not in needs:
                     continue
@@ -216,13 +259,17 @@ def _interpolate(text: str, env: Mapping[str, str]) -> str:
     return _VAR.sub(sub, text)
 
 
-def _null_empty(obj: object) -> object:
-    """Turn values that interpolated to an empty string into None (unset)."""
+def _substitute(obj: object, env: Mapping[str, str]) -> object:
+    """Replace ${VAR} inside parsed string values (after YAML parsing, so a value with '#' or
+    ':' stays one value); a value that becomes empty means unset (None)."""
     if isinstance(obj, dict):
-        return {k: _null_empty(v) for k, v in obj.items()}
+        return {k: _substitute(v, env) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_null_empty(v) for v in obj]
-    return None if obj == "" else obj
+        return [_substitute(v, env) for v in obj]
+    if isinstance(obj, str) and "${" in obj:
+        value = _interpolate(obj, env)
+        return None if value == "" else value
+    return obj
 
 
 def _format_errors(path: Path, err: ValidationError) -> str:
@@ -241,12 +288,12 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
     except OSError as e:
         raise ConfigError(f"cannot read configuration file {p}: {e.strerror or e}") from e
     try:
-        data = yaml.safe_load(_interpolate(raw, os.environ if env is None else env))
+        data = yaml.safe_load(raw)
     except yaml.YAMLError as e:
         raise ConfigError(f"invalid YAML in {p}: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"invalid configuration in {p}: the top level must be a mapping")
     try:
-        return Config.model_validate(_null_empty(data))
+        return Config.model_validate(_substitute(data, os.environ if env is None else env))
     except ValidationError as e:
         raise ConfigError(_format_errors(p, e)) from e

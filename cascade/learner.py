@@ -16,7 +16,6 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -24,109 +23,17 @@ import anyio
 from cascade.backends import BackendPool
 from cascade.config import Config
 from cascade.demos import parse_demo
-from cascade.levels import Demo, Level, build_level
+from cascade.levels import build_level
+from cascade.quality import QualityMeasure
 from cascade.runtime import build_policy
 from cascade.store import Store, open_store
-from cascade.versions import TaskState, dump_state, load_state
-from policies import Features, Policy
-from policies.ocl import OCLPolicy, OCLStep, ocl_update
+from cascade.task_learner import TaskLearner
+from cascade.versions import dump_state, load_state
 
 log = logging.getLogger(__name__)
 
 #: Level kinds that may have parameters to learn (an LM's weights stay frozen; its probe learns).
-TRAINABLE = ("logistic", "encoder", "local_lm")
-
-
-@dataclass
-class TaskLearner:
-    """The learner's own copy of one task's trainable levels and learned policies."""
-
-    task: str
-    labels: list[str]
-    levels: list[Level]  # trainable cheaper levels
-    policies: dict[str, Policy]  # by level name, non-final levels
-    level_costs: dict[str, float]
-    order: list[str]  # every level of the task, in cascade order
-    applied_id: str | None = None
-    demos: int = 0
-    ignored: int = 0
-    since_publish: int = 0
-    last_publish: float = field(default_factory=time.monotonic)
-
-    def absorb(self, batch: list[Demo]) -> bool:
-        """Learn from a batch (CPU work, run in a worker thread). Returns whether it changed."""
-        usable = [d for d in batch if d.label is not None or d.source == "feedback"]
-        self.ignored += len(batch) - len(usable)
-        # feedback outranks the large LM for the same item: apply it last, twice
-        usable.sort(key=lambda d: d.source == "feedback")
-        usable += [d for d in usable if d.source == "feedback"]
-        changed = False
-        for d in usable:
-            changed = self._learn_policies(d) or changed
-        for lv in self.levels:
-            changed = lv.learn(usable) or changed
-        self.demos += len(batch)
-        self.since_publish += len(batch)
-        if batch:
-            self.applied_id = batch[-1].id
-        return changed
-
-    def _learn_policies(self, d: Demo) -> bool:
-        """Every policy sees its level's prediction and the expert's label; OCL policies of
-        the task also take one joint step on the cascade loss."""
-        changed = False
-        genuine = True  # every earlier level deferred on its own: an unbiased sample here
-        chain: list[OCLStep] = []
-        for name in self.policies:
-            pol = self.policies[name]
-            rec = d.levels.get(name)
-            next_cost = self.level_costs[self.order[self.order.index(name) + 1]]
-            usable = rec is not None and rec.get("ready", True) and rec.get("valid", True)
-            feats = Features.from_json(rec.get("features", {})) if usable and rec else None
-            decision = (rec or {}).get("decision") or {}
-            if feats is not None and rec is not None and d.label is not None:
-                wrong = rec.get("label") != d.label
-                explored = bool(decision.get("explored")) and genuine
-                pol.update(feats, wrong, explored)
-                changed = changed or pol.learned
-            if isinstance(pol, OCLPolicy):
-                ok = feats is not None and feats.probs is not None and d.label in self.labels
-                chain.append(
-                    OCLStep(
-                        pol,
-                        feats,
-                        next_cost,
-                        feats.probs if ok and feats else None,
-                        self.labels.index(d.label) if ok and d.label else None,
-                    )
-                )
-            genuine = genuine and bool(decision.get("defer", True))
-        if chain:
-            changed = ocl_update(chain) != 0.0 or changed
-        return changed
-
-    def snapshot(self) -> TaskState:
-        return TaskState(
-            task=self.task,
-            labels=self.labels,
-            levels={lv.name: lv.state() for lv in self.levels if lv.state()},
-            policies={n: p.state() for n, p in self.policies.items() if p.state()},
-            meta={
-                "applied_id": self.applied_id or "",
-                "demos": str(self.demos),
-                "created": f"{time.time():.3f}",
-            },
-        )
-
-    def restore(self, state: TaskState) -> None:
-        for lv in self.levels:
-            if lv.name in state.levels:
-                lv.load_state(state.levels[lv.name])
-        for name, pol in self.policies.items():
-            if name in state.policies:
-                pol.load_state(state.policies[name])
-        self.applied_id = state.applied_id
-        self.demos = state.demos
+TRAINABLE = ("logistic", "encoder", "local_lm", "router")
 
 
 def default_consumer() -> str:
@@ -163,6 +70,11 @@ class Learner:
                 if lv.trainable
             ]
             policies = {lc.name: build_policy(lc) for lc in tc.levels[:-1]}
+            quality = None
+            if tc.kind == "generate":
+                q = tc.quality
+                embedder = pool.encoder(q.backend) if q.measure == "cosine" and q.backend else None
+                quality = QualityMeasure(q.measure, q.threshold, embedder)
             self.learners[name] = TaskLearner(
                 name,
                 list(tc.labels),
@@ -170,6 +82,7 @@ class Learner:
                 policies,
                 {lc.name: lc.cost for lc in tc.levels},
                 [lc.name for lc in tc.levels],
+                quality,
             )
         self.published: dict[str, int] = {}
         self._unacked: dict[str, list[str]] = {}
@@ -184,7 +97,7 @@ class Learner:
             blob = await self.store.get_version(name, latest) if latest else None
             state = load_state(blob) if blob is not None else None
             if state is not None and state.labels == tl.labels:
-                if state.applied_id and tl.levels:
+                if state.applied_id:
                     await self._remember(name, tl, state.applied_id)
                 tl.restore(state)
                 self.published[name] = latest
@@ -204,8 +117,7 @@ class Learner:
             if not page:
                 break
             demos = [parse_demo(i, d) for i, d in page]
-            for lv in tl.levels:
-                await anyio.to_thread.run_sync(lv.remember, demos)
+            await anyio.to_thread.run_sync(tl.remember, demos)
             after = page[-1][0]
 
     async def apply_settings(self, task: str) -> bool:
@@ -230,7 +142,9 @@ class Learner:
         items = await self.store.read_demos(task, self.consumer, self.batch, block_ms)
         if items:
             demos = [parse_demo(i, d) for i, d in items]
-            await anyio.to_thread.run_sync(tl.absorb, demos)
+            _, counts = await anyio.to_thread.run_sync(tl.absorb, demos)
+            if counts:
+                self.store.count(task, counts)
             self._unacked.setdefault(task, []).extend(i for i, _ in items)
         due = tl.since_publish >= self.publish_every_n or (
             tl.since_publish and time.monotonic() - tl.last_publish >= self.publish_every_s

@@ -137,8 +137,16 @@ class Cascade:
     # ------------------------------------------------------------------ serving
 
     def cache_key(
-        self, rt: TaskRuntime, text: str, max_tokens: int, temperature: float, scope: str
+        self,
+        rt: TaskRuntime,
+        text: str,
+        max_tokens: int,
+        temperature: float,
+        scope: str,
+        version: int | None,
     ) -> str:
+        """``version`` None: an answer of the large LM, which no learning changes; a cheaper
+        level's answer is keyed with the learned version that produced it."""
         body = json.dumps(
             [
                 rt.name,
@@ -146,7 +154,7 @@ class Cascade:
                 max_tokens,
                 round(temperature, 4),
                 rt.fingerprint,
-                rt.version,
+                version,
                 scope,
             ],
             ensure_ascii=False,
@@ -161,7 +169,7 @@ class Cascade:
         temperature: float,
         tenant: str | None,
         messages: list[Message] | None,
-    ) -> tuple[TaskRuntime, Query, str]:
+    ) -> tuple[TaskRuntime, Query, tuple[str, str]]:
         rt = self.task(task)
         limit = self.config.defaults.max_input_bytes
         size = len(text.encode("utf-8"))
@@ -178,10 +186,14 @@ class Cascade:
             deadline,
         )
         scope = "shared" if rt.config.shared_cache or tenant is None else f"tenant:{tenant}"
-        return rt, q, self.cache_key(rt, text, max_tokens, temperature, scope)
+        keys = (
+            self.cache_key(rt, text, max_tokens, temperature, scope, None),
+            self.cache_key(rt, text, max_tokens, temperature, scope, rt.version),
+        )
+        return rt, q, keys
 
-    async def _cached(self, rt: TaskRuntime, key: str, t0: float) -> Outcome | None:
-        hit = await self.store.cache_get(key)
+    async def _cached(self, rt: TaskRuntime, keys: tuple[str, str], t0: float) -> Outcome | None:
+        hit = next((h for h in await self.store.cache_get_many(list(keys)) if h), None)
         if hit is None:
             return None
         deltas = {"requests": 1, "cache_hits": 1, "cost_llm_only": rt.large.cost}
@@ -216,10 +228,10 @@ class Cascade:
     ) -> Outcome:
         """Answer one request (``messages``: a chat to send instead of the task's prompt)."""
         t0 = time.perf_counter()
-        rt, q, key = self._start(task, text, max_tokens, temperature, tenant, messages)
-        if use_cache and (hit := await self._cached(rt, key, t0)) is not None:
+        rt, q, keys = self._start(task, text, max_tokens, temperature, tenant, messages)
+        if use_cache and (hit := await self._cached(rt, keys, t0)) is not None:
             return hit
-        p = Walk(rt, q, uuid.uuid4().hex, tenant, key if use_cache else None, rt.version)
+        p = Walk(rt, q, uuid.uuid4().hex, tenant, keys if use_cache else None, rt.version)
         await walk_cheap_levels(p)
         if p.answer is None:
             await try_level(p, len(rt.levels) - 1)
@@ -240,13 +252,13 @@ class Cascade:
         A cheaper level's text is only sent once its policy accepted it, so nothing a level
         deferred on leaks to the client; the large LM's text streams as it is generated."""
         t0 = time.perf_counter()
-        rt, q, key = self._start(task, text, max_tokens, temperature, tenant, messages)
-        if use_cache and (hit := await self._cached(rt, key, t0)) is not None:
+        rt, q, keys = self._start(task, text, max_tokens, temperature, tenant, messages)
+        if use_cache and (hit := await self._cached(rt, keys, t0)) is not None:
             yield StreamEvent(level=hit.level, cached=True, overhead_ms=hit.overhead_ms)
             yield StreamEvent(delta=hit.output)
             yield StreamEvent(outcome=hit)
             return
-        p = Walk(rt, q, uuid.uuid4().hex, tenant, key if use_cache else None, rt.version)
+        p = Walk(rt, q, uuid.uuid4().hex, tenant, keys if use_cache else None, rt.version)
         await walk_cheap_levels(p)
         overhead = (time.perf_counter() - t0) * 1000 - sum(t.latency_ms for t in p.traces)
         if p.answer is not None:
@@ -311,8 +323,12 @@ class Cascade:
             p.answer = max(fallback, key=lambda o: o.confidence)
             degraded = True
             p.deltas["degraded"] = 1
+            pre = f"lvl:{p.answer.name}:"
+            p.deltas[pre + "answered"] = 1  # it answered after all: answered + deferred = seen
+            p.deltas.pop(pre + "deferred", None)
             for t in p.traces:
                 t.answered = t.name == p.answer.name
+                t.deferred = t.deferred and not t.answered
         answer = p.answer
         p.deltas["cost"] = p.cost
         by_large = answer.name == rt.large.name and not degraded
@@ -350,9 +366,11 @@ class Cascade:
         """Cache the outcome, keep a record for feedback, and append the demonstration."""
         rt, answer = p.rt, p.answer
         assert answer is not None
-        if use_cache and p.cache_key and not outcome.degraded:
+        key = None
+        if use_cache and p.cache_keys and not outcome.degraded:
+            key = p.cache_keys[0] if by_large else p.cache_keys[1]
             await self.store.cache_set(
-                p.cache_key,
+                key,
                 {"output": answer.text, "label": answer.label, "level": answer.name},
                 rt.config.cache_ttl_s,
             )
@@ -373,7 +391,7 @@ class Cascade:
                 "input": p.q.text,
                 "tenant": p.tenant,
                 "version": p.version,
-                "cache_key": None if outcome.degraded else p.cache_key,
+                "cache_key": key,
                 "levels": records,
                 "answer": {"level": answer.name, "label": answer.label, "output": answer.text},
             },

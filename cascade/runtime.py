@@ -94,6 +94,7 @@ def features_of(out: LevelOutput, before: list[LevelOutput]) -> Features:
         if lm is None or lm.entropies is None
         else np.asarray(lm.entropies, dtype=np.float64),
         extra=extra,
+        embedding=out.embedding,
     )
 
 

@@ -15,7 +15,7 @@ from cascade.backends import BackendError
 from cascade.levels import LevelOutput, Query
 from cascade.outcome import LevelTrace
 from cascade.runtime import TaskRuntime, features_of
-from policies import Decision
+from policies import Decision, Policy
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class Walk:
     q: Query
     request_id: str
     tenant: str | None
-    cache_key: str | None
+    cache_keys: tuple[str, str] | None  # (large-LM answer, cheaper answer at this version)
     version: int
     outputs: list[LevelOutput] = field(default_factory=list)
     traces: list[LevelTrace] = field(default_factory=list)
@@ -39,14 +39,18 @@ class Walk:
     exploring: bool = False
     answer: LevelOutput | None = None
     large_failed: str | None = None
+    skip_next: bool = False
 
 
 async def walk_cheap_levels(p: Walk) -> None:
     p.deltas = {"requests": 1, "cost_llm_only": p.rt.large.cost}
-    for i in range(len(p.rt.levels) - 1):
+    i = 0
+    while i < len(p.rt.levels) - 1:
         await try_level(p, i)
         if p.answer is not None:
             return
+        i += 2 if p.skip_next else 1  # a router sent the request past the next level
+        p.skip_next = False
 
 
 async def try_level(p: Walk, i: int) -> None:
@@ -105,6 +109,9 @@ def record_level(p: Walk, i: int, out: LevelOutput) -> None:
         return
     policy = p.rt.policies[i]
     assert policy is not None
+    if getattr(level, "routes", False):
+        _route(p, level.name, out, policy)
+        return
     if out.ready and out.valid:
         d = policy.decide(features_of(out, p.outputs[:-1]))
         p.decisions[level.name] = d
@@ -119,6 +126,21 @@ def record_level(p: Walk, i: int, out: LevelOutput) -> None:
     trace.deferred = True
     p.deltas[pre + "deferred"] = 1
     p.explored_at[level.name] = p.exploring
+
+
+def _route(p: Walk, name: str, out: LevelOutput, policy: Policy) -> None:
+    """A pre-router never answers: its policy's "defer" sends the request past the next
+    level (straight on); exploring means running the next level anyway, to keep learning."""
+    pre = f"lvl:{name}:"
+    p.deltas[pre + "deferred"] = 1
+    if not out.ready:
+        return
+    d = policy.decide(features_of(out, []))
+    p.decisions[name] = d
+    if d.defer and not d.explore:
+        p.skip_next = True
+        p.deltas[pre + "routed"] = 1
+        p.traces[-1].deferred = True
 
 
 def count_agreement(

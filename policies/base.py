@@ -92,6 +92,9 @@ class Policy(ABC):
         """Learn from one demonstration: ``wrong`` when the level's answer disagreed with the
         large LM (deferring was right); ``explored`` when the item was an exploration sample."""
 
+    def remember(self, features: Features, wrong: bool) -> None:  # noqa: B027 (optional)
+        """Rebuild training memory after a learner restart (no learning step, no counts)."""
+
     def state(self) -> dict[str, np.ndarray]:
         return {}
 
@@ -123,7 +126,20 @@ def register(kind: str) -> Callable[[type[Policy]], type[Policy]]:
 
 
 #: Policies whose module is imported on first use (torch is a heavy import).
-_LAZY = {"ocl": "policies.ocl"}
+_LAZY = {
+    "ocl": "policies.ocl",
+    **{
+        k: "policies.generative"
+        for k in (
+            "chow_sum",
+            "chow_average",
+            "chow_quantile",
+            "entropy_mean",
+            "posthoc_quantile",
+            "posthoc_embed",
+        )
+    },
+}
 
 
 def make_policy(kind: str, **params: Any) -> Policy:

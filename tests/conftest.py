@@ -18,6 +18,7 @@ import redis
 
 from app.main import create_app
 from app.settings import Settings
+from cascade.backends import BackendPool
 from cascade.config import Config, load_config
 from cascade.llm_server import LocalLLMServer, free_port
 
@@ -26,6 +27,7 @@ MODELS = Path(os.environ.get("CASCADE_MODELS_DIR", ROOT / "models")).resolve()
 SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ARTIFACTS = ROOT / "test-artifacts"
+ADMIN_TOKEN = "test-admin-token"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -152,21 +154,39 @@ def make_settings(tmp_path: Path, config: Path, **overrides: object) -> Settings
         "CASCADE_MODELS_DIR": MODELS,
         "CASCADE_DATA_DIR": tmp_path / "data",
         "CASCADE_VERSION_POLL_S": 0.2,
+        "CASCADE_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="session")
+def shared_backends(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The test configuration's in-process models (SmolLM2 ``small``, MiniLM ``minilm``), loaded
+    once per session: app instances built with ``make_pool`` share them instead of loading
+    (and scanning SmolLM2's vocabulary) again. The large LM stays per configuration."""
+    path = write_config(tmp_path_factory.mktemp("shared") / "config.yaml", "http://127.0.0.1:9/v1")
+    pool = BackendPool(load_config(path), MODELS)
+    return {"small": pool.llama("small"), "minilm": pool.encoder("minilm")}
+
+
+def make_pool(config: Config, shared: dict[str, object]) -> BackendPool:
+    """A backend pool for ``config`` that reuses the session's in-process models."""
+    return BackendPool(config, MODELS, preloaded=shared)
+
+
 @contextlib.asynccontextmanager
 async def running_app(
-    settings: Settings, config: Config | None = None
+    settings: Settings, config: Config | None = None, pool: BackendPool | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The real app with its lifespan (store, models, learner), over httpx's ASGI transport."""
-    app = create_app(settings, config or load_config(settings.config_path))
+    app = create_app(settings, config or load_config(settings.config_path), pool)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
+        # the admin token rides in its own header, so Authorization stays free for API keys
+        headers = {"x-admin-token": settings.admin_token} if settings.admin_token else {}
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://gateway", timeout=60
+            transport=transport, base_url="http://gateway", timeout=60, headers=headers
         ) as client:
             client.app = app  # type: ignore[attr-defined]
             yield client

@@ -7,12 +7,14 @@ static shell that asks for the token and reads these routes.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
 
 from app.auth import admin
 from app.deps import gateway
@@ -22,6 +24,7 @@ from cascade.stats import series_point, task_stats
 from cascade.store.base import WINDOWS
 from policies import PolicyError
 
+T = TypeVar("T")
 router = APIRouter(tags=["admin"])
 guarded = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin)])
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -31,6 +34,16 @@ def _window(window: str) -> int | None:
     if window not in WINDOWS:
         raise HTTPException(422, f"window must be one of {', '.join(WINDOWS)}, not {window!r}")
     return WINDOWS[window]
+
+
+async def _read(call: Awaitable[T]) -> T:
+    """Statistics live in the store: when it is unreachable, say so (503), not 500."""
+    try:
+        return await call
+    except (RedisError, OSError) as e:
+        raise HTTPException(
+            503, f"statistics are unavailable: the store is unreachable ({e})"
+        ) from None
 
 
 @guarded.get("/stats")
@@ -43,13 +56,13 @@ async def stats(
     await gw.store.flush_counters()
     out: dict[str, Any] = {"window": window, "store": gw.store.describe(), "tasks": {}}
     for name, rt in gw.cascade.tasks.items():
-        counters = await gw.store.read_counters(name, seconds)
+        counters = await _read(gw.store.read_counters(name, seconds))
         t = task_stats(counters, [lv.name for lv in rt.levels])
         t["version"] = rt.version
         for entry in policy_view(rt):
             if "policy" in entry:
                 t["levels"][entry["name"]]["policy"] = entry["policy"]
-        t["learner_lag"] = await gw.store.demo_lag(name)
+        t["learner_lag"] = await _read(gw.store.demo_lag(name))
         out["tasks"][name] = t
     out["demonstrations_buffered"] = gw.store.demos_buffered
     out["demonstrations_dropped"] = gw.store.demos_dropped
@@ -68,7 +81,7 @@ async def series(
     await gw.store.flush_counters()
     out: dict[str, Any] = {"window": window, "tasks": {}}
     for name, rt in gw.cascade.tasks.items():
-        rows = await gw.store.read_series(name, seconds)
+        rows = await _read(gw.store.read_series(name, seconds))
         names = [lv.name for lv in rt.levels]
         out["tasks"][name] = [series_point(ts, c, names) for ts, c in rows]
     return out

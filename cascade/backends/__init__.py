@@ -29,13 +29,15 @@ class BackendPool:
         cache: object | None = None,
         n_threads: int | None = None,
         wrap: Callable[[str, object], object] | None = None,
+        preloaded: dict[str, object] | None = None,
     ) -> None:
         self.config = config
         self.models_dir = models_dir
         self.cache = cache
         self.n_threads = n_threads
         self.wrap = wrap  # e.g. benchmarks memoise frozen models: wrap(kind, backend)
-        self._made: dict[str, object] = {}
+        # backends already loaded elsewhere (by name), e.g. shared by several apps in tests
+        self._made: dict[str, object] = dict(preloaded or {})
 
     def _keep(self, name: str, kind: str, backend: object) -> object:
         self._made[name] = self.wrap(kind, backend) if self.wrap is not None else backend

@@ -17,6 +17,13 @@ def build_level(
         from cascade.levels.logistic import LogisticLevel
 
         return LogisticLevel(cfg, task)
+    if cfg.kind == "router":
+        from cascade.levels.router import RouterLevel
+
+        names = [lc.name for lc in task.levels]
+        target = names[names.index(cfg.name) + 1]
+        embed = cfg.params.get("embed")
+        return RouterLevel(cfg, task, target, pool.encoder(str(embed)) if embed else None)
     assert cfg.backend is not None
     if cfg.kind == "encoder":
         from cascade.levels.encoder import EncoderLevel
@@ -25,9 +32,15 @@ def build_level(
     if cfg.kind == "local_lm":
         from cascade.levels.lm import LocalLMLevel
 
-        return LocalLMLevel(cfg, task, None if for_learner else pool.llama(cfg.backend))
+        level = LocalLMLevel(cfg, task, None if for_learner else pool.llama(cfg.backend))
+        if cfg.params.get("embed") and not for_learner:
+            level.encoder = pool.encoder(str(cfg.params["embed"]))
+        return level
     if cfg.kind == "openai":
         from cascade.levels.lm import OpenAILevel
 
-        return OpenAILevel(cfg, task, pool.openai(cfg.backend))
+        olevel = OpenAILevel(cfg, task, pool.openai(cfg.backend))
+        if cfg.params.get("embed"):
+            olevel.encoder = pool.encoder(str(cfg.params["embed"]))
+        return olevel
     raise ValueError(f"unknown level kind {cfg.kind!r}")

@@ -48,6 +48,7 @@ class LevelOutput:
     latency_ms: float = 0.0
     lm: LMResult | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    embedding: np.ndarray | None = None  # of the prompt, for policies that read it
 
 
 @dataclass

@@ -20,6 +20,7 @@ import anyio
 import numpy as np
 
 from cascade.backends.base import BackendError, LMResult
+from cascade.backends.encoder import EncoderBackend
 from cascade.backends.llama import LlamaBackend
 from cascade.backends.openai_http import OpenAIBackend
 from cascade.config import LevelConfig, TaskConfig
@@ -38,6 +39,18 @@ def sequence_confidence(token_logprobs: list[float]) -> float:
 
 
 class _LMLevel(Level):
+    encoder: EncoderBackend | None = None  # params.embed: a sentence embedding of the prompt
+
+    async def prompt_embedding(self, q: Query) -> np.ndarray | None:
+        if self.encoder is None:
+            return None
+        emb = q.shared.get("embedding")
+        if emb is None:
+            encoder = self.encoder
+            emb = (await anyio.to_thread.run_sync(lambda: encoder.embed([q.text])))[0]
+            q.shared["embedding"] = emb
+        return emb
+
     def to_output(self, r: LMResult, latency_ms: float) -> LevelOutput:
         if self.task.kind == "generate":
             return LevelOutput(
@@ -189,7 +202,9 @@ class LocalLMLevel(_LMLevel):
             r = await anyio.to_thread.run_sync(
                 lambda: backend.generate(q.messages, q.max_tokens, q.temperature)
             )
-        return self.to_output(r, (time.perf_counter() - t0) * 1000)
+        out = self.to_output(r, (time.perf_counter() - t0) * 1000)
+        out.embedding = await self.prompt_embedding(q)
+        return out
 
 
 class OpenAILevel(_LMLevel):
@@ -221,7 +236,9 @@ class OpenAILevel(_LMLevel):
             r = await self.backend.generate(
                 q.messages, q.max_tokens, q.temperature, deadline=q.deadline
             )
-        return self.to_output(r, (time.perf_counter() - t0) * 1000)
+        out = self.to_output(r, (time.perf_counter() - t0) * 1000)
+        out.embedding = await self.prompt_embedding(q)
+        return out
 
 
 _END = object()

@@ -75,6 +75,9 @@ class Store(ABC):
     @abstractmethod
     async def cache_get(self, key: str) -> dict[str, Any] | None: ...
 
+    async def cache_get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        return [await self.cache_get(k) for k in keys]
+
     @abstractmethod
     async def cache_set(self, key: str, value: dict[str, Any], ttl_s: int) -> None: ...
 

@@ -125,6 +125,13 @@ class RedisStore(Store):
         raw = await self._fast(lambda: self.fast.get(self.k(key)))
         return None if raw is None else json.loads(raw)
 
+    async def cache_get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        """One round trip for every key."""
+        raws = await self._fast(lambda: self.fast.mget([self.k(k) for k in keys]))
+        if raws is None:
+            return [None] * len(keys)
+        return [None if r is None else json.loads(r) for r in raws]
+
     async def cache_set(self, key: str, value: dict[str, Any], ttl_s: int) -> None:
         if ttl_s > 0:
             data = json.dumps(value, ensure_ascii=False)

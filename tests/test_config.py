@@ -1,0 +1,322 @@
+"""Configuration loading: the default file, ``${VAR}`` interpolation, and errors that name the
+file and the field (a bad file must stop start-up with a message, never fail later)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cascade.config import DEFAULT_CONFIG, ConfigError, load_config
+from tests.conftest import ROOT
+
+# A small valid configuration; the cases below each break one thing in it.
+BASE = """
+backends:
+  small: {kind: llama, model: small.gguf}
+  large: {kind: openai, base_url: "http://127.0.0.1:9/v1", model: big}
+  enc: {kind: encoder}
+tasks:
+  sentiment:
+    kind: classify
+    labels: [positive, negative]
+    prompt:
+      user: "Review: {input}"
+    levels:
+      - {name: logistic, kind: logistic, cost: 0.001}
+      - {name: small, kind: local_lm, backend: small, cost: 0.1}
+      - {name: large, kind: openai, backend: large, cost: 1.0}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def load_error(path: Path, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env or {})
+    return str(info.value)
+
+
+def test_base_config_is_valid(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE), env={})
+    task = cfg.tasks["sentiment"]
+    assert [lv.name for lv in task.levels] == ["logistic", "small", "large"]
+    assert task.labels == ["positive", "negative"]
+    assert cfg.backends["large"].kind == "openai"
+
+
+@pytest.mark.parametrize("base_url", [None, "http://10.1.2.3:8081/v1"])
+def test_default_deploy_config_loads(base_url: str | None) -> None:
+    env = {} if base_url is None else {"LLM_BASE_URL": base_url}
+    cfg = load_config(DEFAULT_CONFIG, env=env)
+    assert DEFAULT_CONFIG == ROOT / "deploy" / "config.yaml"
+    assert set(cfg.tasks) >= {"sentiment", "chat"}
+    large = cfg.backends["large"]
+    assert large.kind == "openai"
+    assert large.base_url == base_url  # unset: None, so `serve` starts the local server
+    assert large.model and "$" not in large.model  # ${LLM_MODEL:-...}'s default
+    assert load_config(DEFAULT_CONFIG, env={**env, "LLM_MODEL": "m-1"}).backends["large"].model == (
+        "m-1"
+    )
+    assert large.api_key is None
+    for task in cfg.tasks.values():
+        assert task.levels[-1].kind in ("openai", "local_lm")
+    assert cfg.tasks["sentiment"].labels == ["positive", "negative"]
+
+
+def test_default_used_when_no_path_given() -> None:
+    assert (
+        load_config(None, env={}).tasks.keys() == load_config(DEFAULT_CONFIG, env={}).tasks.keys()
+    )
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    msg = load_error(path)
+    assert str(path) in msg
+    assert "cannot read" in msg
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = write(tmp_path, "tasks: [unclosed\n")
+    msg = load_error(path)
+    assert str(path) in msg
+    assert "invalid YAML" in msg
+    assert "line 1" in msg  # where in the file
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", ""])
+def test_top_level_not_a_mapping(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    msg = load_error(path)
+    assert str(path) in msg
+    assert "top level must be a mapping" in msg
+
+
+# (what to replace in BASE, with what, the field the message must name, words it must contain)
+CASES = {
+    "unknown level kind": (
+        "kind: local_lm, backend: small",
+        "kind: oracle, backend: small",
+        "tasks.sentiment.levels.1.kind",
+        ["logistic", "local_lm"],
+    ),
+    "last level not an LM": (
+        "- {name: large, kind: openai, backend: large, cost: 1.0}",
+        "- {name: large, kind: encoder, backend: enc, cost: 1.0}",
+        "tasks.sentiment",
+        ["last level", "must be an LM"],
+    ),
+    "unknown backend": (
+        "kind: openai, backend: large",
+        "kind: openai, backend: huge",
+        "tasks.sentiment.levels.large",
+        ["unknown backend 'huge'", "known: ['enc', 'large', 'small']"],
+    ),
+    "backend of the wrong kind": (
+        "kind: local_lm, backend: small",
+        "kind: local_lm, backend: enc",
+        "tasks.sentiment.levels.small",
+        ["needs a llama backend", "'enc' is encoder"],
+    ),
+    "level without a backend": (
+        "kind: local_lm, backend: small,",
+        "kind: local_lm,",
+        "tasks.sentiment.levels.small",
+        ["needs a backend"],
+    ),
+    "classify without labels": (
+        "labels: [positive, negative]",
+        "labels: []",
+        "tasks.sentiment",
+        ["at least two labels"],
+    ),
+    "classify with one label": (
+        "labels: [positive, negative]",
+        "labels: [positive]",
+        "tasks.sentiment",
+        ["at least two labels"],
+    ),
+    "duplicate labels": (
+        "labels: [positive, negative]",
+        "labels: [positive, negative, positive]",
+        "tasks.sentiment",
+        ["unique"],
+    ),
+    "user template without input": (
+        'user: "Review: {input}"',
+        'user: "Review this"',
+        "tasks.sentiment.prompt.user",
+        ["{input}"],
+    ),
+    "generate task with a logistic level": (
+        "kind: classify\n    labels: [positive, negative]",
+        "kind: generate",
+        "tasks.sentiment",
+        ["'logistic'", "classify"],
+    ),
+    "label_words naming unknown labels": (
+        "labels: [positive, negative]",
+        "labels: [positive, negative]\n    label_words: {neutral: meh, positive: good}",
+        "tasks.sentiment",
+        ["label_words", "neutral"],
+    ),
+    "unknown field": (
+        "cost: 0.001}",
+        "cost: 0.001, treshold: 0.5}",
+        "tasks.sentiment.levels.0.treshold",
+        ["not permitted"],
+    ),
+    "negative cost": (
+        "cost: 0.001}",
+        "cost: -1}",
+        "tasks.sentiment.levels.0.cost",
+        ["greater than 0"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_config_errors_name_file_and_field(tmp_path: Path, case: str) -> None:
+    old, new, field, words = CASES[case]
+    assert old in BASE, "the case must change the base configuration"
+    path = write(tmp_path, BASE.replace(old, new, 1))
+    msg = load_error(path)
+    assert str(path) in msg
+    assert field in msg, msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_every_problem_is_listed(tmp_path: Path) -> None:
+    text = BASE.replace("cost: 0.001}", "cost: 0}").replace("model: big}", "model: big, x: 1}")
+    msg = load_error(write(tmp_path, text))
+    assert "tasks.sentiment.levels.0.cost" in msg
+    assert "backends.large" in msg and ".x" in msg
+
+
+def test_labels_with_the_same_word_are_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("[positive, negative]", "[Positive, positive]"))
+    msg = load_error(path)
+    assert str(path) in msg
+    assert "tasks.sentiment" in msg and "same word" in msg
+
+
+def test_unknown_policy_kind_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("cost: 0.001}", "cost: 0.001, policy: {kind: magic}}"))
+    msg = load_error(path)
+    assert str(path) in msg and "magic" in msg and "tasks.sentiment.levels.0" in msg
+
+
+# ------------------------------------------------------------------ interpolation
+
+INTERP = """
+backends:
+  large:
+    kind: openai
+    base_url: ${LLM_BASE_URL}
+    model: ${LLM_MODEL:-fallback-model}
+    api_key: ${LLM_API_KEY}
+    timeout_s: ${LLM_TIMEOUT:-7.5}
+tasks:
+  chat:
+    kind: generate
+    levels:
+      - {name: large, kind: openai, backend: large, cost: 1.0}
+"""
+
+
+def test_interpolation_from_env(tmp_path: Path) -> None:
+    path = write(tmp_path, INTERP)
+    env = {
+        "LLM_BASE_URL": "http://gpu-box:8000/v1",
+        "LLM_MODEL": "qwen",
+        "LLM_API_KEY": "sk-123",
+        "LLM_TIMEOUT": "12",
+    }
+    large = load_config(path, env=env).backends["large"]
+    assert large.base_url == "http://gpu-box:8000/v1"
+    assert large.model == "qwen"
+    assert large.api_key == "sk-123"
+    assert large.timeout_s == 12.0
+
+
+def test_interpolation_defaults_and_unset(tmp_path: Path) -> None:
+    path = write(tmp_path, INTERP)
+    large = load_config(path, env={}).backends["large"]
+    assert large.base_url is None  # ${VAR} unset: null, not the literal text
+    assert large.api_key is None
+    assert large.model == "fallback-model"  # ${VAR:-default}
+    assert large.timeout_s == 7.5
+    # an empty value counts as unset, as in the shell's ${VAR:-default}
+    large = load_config(path, env={"LLM_MODEL": "", "LLM_API_KEY": ""}).backends["large"]
+    assert large.model == "fallback-model"
+    assert large.api_key is None
+
+
+def test_interpolation_reads_os_environ_by_default(tmp_path: Path) -> None:
+    path = write(tmp_path, INTERP)
+    name = "LLM_BASE_URL"
+    old = os.environ.get(name)
+    os.environ[name] = "http://from-environ:1/v1"
+    try:
+        assert load_config(path).backends["large"].base_url == "http://from-environ:1/v1"
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
+def test_interpolated_value_is_validated(tmp_path: Path) -> None:
+    path = write(tmp_path, INTERP)
+    msg = load_error(path, env={"LLM_TIMEOUT": "soon"})
+    assert str(path) in msg
+    assert "backends.large" in msg and "timeout_s" in msg
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "cascade-gateway"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CASCADE_", "LLM_"))}
+    full_env.update(env or {})
+    return subprocess.run(
+        [str(exe), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=full_env,
+        cwd=ROOT,
+    )
+
+
+def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, BASE.replace("kind: local_lm, backend: small", "kind: oracle"), "bad.yaml"
+    )
+    proc = run_cli("serve", "--config", str(path), "--no-llm-server", "--port", "1")
+    assert proc.returncode == 2, proc.stderr
+    assert "cascade-gateway:" in proc.stderr
+    assert str(path) in proc.stderr
+    assert "tasks.sentiment.levels.1.kind" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_serve_with_missing_config_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "missing.yaml"
+    proc = run_cli("serve", "--config", str(path), "--no-llm-server", "--port", "1")
+    assert proc.returncode == 2, proc.stderr
+    assert str(path) in proc.stderr
+    assert "cannot read" in proc.stderr

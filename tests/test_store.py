@@ -1,0 +1,328 @@
+"""Both stores against the same contract: outcome cache, counters, demonstrations, versions;
+and the Redis store failing open while Redis is away."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+from cascade.llm_server import free_port
+from cascade.store.base import Store
+from cascade.store.memory import MemoryStore
+from cascade.store.redis import RedisStore
+from tests.conftest import REDIS_URL, RedisServer
+
+TASK = "sentiment"
+
+
+@pytest.fixture(params=["embedded", "redis"])
+async def make_store(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_prefix: str
+) -> AsyncIterator[Callable[[], Store]]:
+    """A factory of stores over the same data (a new instance is a restarted process)."""
+    made: list[Store] = []
+
+    def make() -> Store:
+        if request.param == "embedded":
+            s: Store = MemoryStore(tmp_path / "data")
+        else:
+            s = RedisStore(REDIS_URL, tmp_path / "data", prefix=redis_prefix)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        await s.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[[], Store]) -> Store:
+    return make_store()
+
+
+# ------------------------------------------------------------------ cache and records
+
+
+async def test_cache_get_set(store: Store) -> None:
+    assert await store.cache_get("cache:a") is None
+    value = {"output": "positive", "label": "positive", "level": "small", "note": "héllo ✓"}
+    await store.cache_set("cache:a", value, ttl_s=60)
+    assert await store.cache_get("cache:a") == value
+    assert await store.cache_get("cache:b") is None
+    await store.cache_set("cache:a", {"output": "negative"}, ttl_s=60)  # overwrite
+    assert await store.cache_get("cache:a") == {"output": "negative"}
+    await store.cache_set("cache:zero", value, ttl_s=0)  # a TTL of 0 disables caching
+    assert await store.cache_get("cache:zero") is None
+
+
+async def test_cache_ttl_expiry(store: Store) -> None:
+    await store.cache_set("cache:short", {"output": "x"}, ttl_s=1)
+    await store.cache_set("cache:long", {"output": "y"}, ttl_s=60)
+    assert await store.cache_get("cache:short") == {"output": "x"}
+    await asyncio.sleep(1.6)
+    assert await store.cache_get("cache:short") is None
+    assert await store.cache_get("cache:long") == {"output": "y"}
+
+
+async def test_records(store: Store) -> None:
+    assert await store.get_record("req:1") is None
+    await store.put_record("req:1", {"task": TASK, "input": "a"}, ttl_s=60)
+    assert await store.get_record("req:1") == {"task": TASK, "input": "a"}
+
+
+# ------------------------------------------------------------------ counters
+
+
+async def test_counters_flush_and_read(store: Store) -> None:
+    store.count(TASK, {"requests": 1, "cost": 0.25, "lvl:small:seen": 1})
+    store.count(TASK, {"requests": 1, "cost": 0.5})
+    store.count("chat", {"requests": 3})
+    assert store.pending_counters > 0
+    assert await store.read_counters(TASK) == {}  # buffered until flushed
+    await store.flush_counters()
+    assert store.pending_counters == 0
+    assert await store.read_counters(TASK) == {"requests": 2, "cost": 0.75, "lvl:small:seen": 1}
+    assert await store.read_counters("chat") == {"requests": 3}
+    assert await store.read_counters("unknown") == {}
+    store.count(TASK, {"requests": 1})
+    await store.flush_counters()
+    assert (await store.read_counters(TASK))["requests"] == 3
+
+
+async def test_counters_windows(store: Store) -> None:
+    now = time.time()
+    store.count(TASK, {"requests": 2, "cost": 1.0}, now=now)
+    store.count(TASK, {"requests": 5, "cost": 4.0}, now=now - 3 * 3600)  # three hours ago
+    store.count(TASK, {"requests": 100}, now=now - 3 * 86400)  # three days ago
+    await store.flush_counters()
+    assert await store.read_counters(TASK) == {"requests": 107, "cost": 5.0}
+    assert await store.read_counters(TASK, 300) == {"requests": 2, "cost": 1.0}
+    assert await store.read_counters(TASK, 3600) == {"requests": 2, "cost": 1.0}
+    assert await store.read_counters(TASK, 86400) == {"requests": 7, "cost": 5.0}
+
+
+async def test_counters_shared_between_instances(make_store: Callable[[], Store]) -> None:
+    a, b = make_store(), make_store()
+    a.count(TASK, {"requests": 1})
+    b.count(TASK, {"requests": 2})
+    await a.flush_counters()
+    await b.flush_counters()
+    if isinstance(a, RedisStore):  # shared through Redis; the embedded store is per process
+        assert await a.read_counters(TASK) == {"requests": 3}
+        assert await b.read_counters(TASK) == {"requests": 3}
+    else:
+        assert await a.read_counters(TASK) == {"requests": 1}
+
+
+async def test_background_flusher(store: Store) -> None:
+    await store.start()
+    store.count(TASK, {"requests": 1})
+    deadline = time.monotonic() + 10
+    while await store.read_counters(TASK) != {"requests": 1}:
+        assert time.monotonic() < deadline, "the background flusher never flushed"
+        await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------------ demonstrations
+
+
+def demo(i: int) -> dict[str, object]:
+    return {"task": TASK, "input": f"text {i}", "label": "positive", "output": "positive"}
+
+
+async def read_all(store: Store, consumer: str = "learner-a") -> list[tuple[str, dict]]:
+    out: list[tuple[str, dict]] = []
+    while True:
+        got = await store.read_demos(TASK, consumer, count=4, block_ms=0)
+        if not got:
+            return out
+        out.extend(got)
+
+
+async def test_demos_append_read_ack(store: Store) -> None:
+    for i in range(6):
+        await store.append_demo(TASK, demo(i))
+    await store.resume_demos(TASK, "learner-a", None)
+    first = await store.read_demos(TASK, "learner-a", count=4, block_ms=0)
+    rest = await read_all(store)
+    items = first + rest
+    assert len(first) == 4
+    assert [d["input"] for _, d in items] == [f"text {i}" for i in range(6)]
+    ids = [i for i, _ in items]
+    assert len(set(ids)) == 6
+    assert await store.demo_lag(TASK) == 6  # delivered, not acknowledged
+    await store.ack_demos(TASK, ids[:4])
+    assert await store.demo_lag(TASK) == 2
+    await store.ack_demos(TASK, ids[4:])
+    assert await store.demo_lag(TASK) == 0
+    assert await read_all(store) == []
+    await store.append_demo(TASK, demo(6))
+    late = await read_all(store)
+    assert [d["input"] for _, d in late] == ["text 6"]
+
+
+async def test_read_demos_blocks_until_one_arrives(store: Store) -> None:
+    await store.resume_demos(TASK, "learner-a", None)
+    t0 = time.monotonic()
+    assert await store.read_demos(TASK, "learner-a", count=10, block_ms=200) == []
+    assert time.monotonic() - t0 >= 0.15  # it waited
+
+    async def later() -> None:
+        await asyncio.sleep(0.2)
+        await store.append_demo(TASK, demo(1))
+
+    task = asyncio.create_task(later())
+    got = await store.read_demos(TASK, "learner-a", count=10, block_ms=10_000)
+    await task
+    assert [d["input"] for _, d in got] == ["text 1"]
+
+
+async def test_resume_after_applied_id(make_store: Callable[[], Store]) -> None:
+    first = make_store()
+    for i in range(6):
+        await first.append_demo(TASK, demo(i))
+    await first.resume_demos(TASK, "learner-a", None)
+    ids = [i for i, _ in await read_all(first)]
+    assert len(ids) == 6
+    # the learner published a version holding demos 0..2, then died before acknowledging
+    await first.close()
+
+    second = make_store()  # a restarted learner process, under another name
+    await second.resume_demos(TASK, "learner-b", ids[2])
+    again = await read_all(second, "learner-b")
+    assert [i for i, _ in again] == ids[3:]
+    assert [d["input"] for _, d in again] == ["text 3", "text 4", "text 5"]
+    assert await second.demo_lag(TASK) == 3
+    await second.append_demo(TASK, demo(6))
+    new = await read_all(second, "learner-b")
+    assert [d["input"] for _, d in new] == ["text 6"]
+    await second.ack_demos(TASK, [i for i, _ in again + new])
+    assert await second.demo_lag(TASK) == 0
+
+
+async def test_history_of_applied_demos(store: Store) -> None:
+    for i in range(6):
+        await store.append_demo(TASK, demo(i))
+    await store.resume_demos(TASK, "learner-a", None)
+    ids = [i for i, _ in await read_all(store)]
+    got = await store.history(TASK, None, ids[3], count=100)
+    assert [i for i, _ in got] == ids[:4]
+    assert [d["input"] for _, d in got] == [f"text {i}" for i in range(4)]
+    assert [i for i, _ in await store.history(TASK, ids[1], ids[3], count=100)] == ids[2:4]
+    assert [i for i, _ in await store.history(TASK, None, ids[5], count=2)] == ids[:2]
+    assert await store.history(TASK, ids[3], ids[3], count=100) == []
+
+
+# ------------------------------------------------------------------ versions
+
+
+async def test_versions(make_store: Callable[[], Store]) -> None:
+    store = make_store()
+    assert await store.latest_version(TASK) == 0
+    assert await store.get_version(TASK, 1) is None
+    blobs = [f"version {n}".encode() * 10 for n in range(1, 8)]
+    numbers = [await store.put_version(TASK, b, keep=5) for b in blobs]
+    assert numbers == [1, 2, 3, 4, 5, 6, 7]
+    assert await store.latest_version(TASK) == 7
+    assert await store.get_version(TASK, 7) == blobs[6]
+    assert await store.get_version(TASK, 3) == blobs[2]
+    assert await store.get_version(TASK, 2) is None  # beyond keep: dropped
+    assert await store.get_version(TASK, 1) is None
+    assert await store.latest_version("chat") == 0
+    reopened = make_store()  # versions survive a restart
+    assert await reopened.latest_version(TASK) == 7
+    assert await reopened.get_version(TASK, 5) == blobs[4]
+    assert await reopened.put_version(TASK, b"eight", keep=5) == 8
+
+
+# ------------------------------------------------------------------ Redis outages
+
+
+async def test_redis_unreachable_fails_open(tmp_path: Path) -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", tmp_path / "data", prefix="cgdown")
+    try:
+        t0 = time.monotonic()
+        assert await store.cache_get("cache:a") is None
+        await store.cache_set("cache:a", {"output": "x"}, ttl_s=60)
+        await store.put_record("req:1", {"task": TASK}, ttl_s=60)
+        assert await store.get_record("req:1") is None
+        assert await store.ping() is False
+        store.count(TASK, {"requests": 1})
+        await store.flush_counters()  # no exception: kept for later
+        await store.append_demo(TASK, demo(1))  # buffered, never raised
+        assert time.monotonic() - t0 < 10  # no call hung on the dead server
+        assert store.pending_counters == 1
+        assert store.demos_buffered == 1
+        assert store.errors > 0
+        assert list((tmp_path / "data" / "outbox").glob("outbox-*.jsonl"))  # spilled to disk
+    finally:
+        await store.close()
+
+
+async def test_redis_outage_keeps_counters_and_demos(
+    tmp_path: Path, private_redis: RedisServer
+) -> None:
+    client = redis.Redis(port=private_redis.port)
+    store = RedisStore(private_redis.url, tmp_path / "data", prefix="cgout")
+    try:
+        store.count(TASK, {"requests": 1})
+        await store.flush_counters()
+        assert await store.read_counters(TASK) == {"requests": 1}
+
+        private_redis.stop()
+        t0 = time.monotonic()
+        assert await store.cache_get("cache:a") is None
+        assert time.monotonic() - t0 < 5  # a miss at once, not a hang
+        store.count(TASK, {"requests": 2, "cost": 1.5})
+        await store.flush_counters()
+        await store.append_demo(TASK, demo(1))
+        assert store.pending_counters == 2
+        assert store.demos_buffered == 1
+
+        private_redis.start()  # same port, same data directory
+        deadline = time.monotonic() + 15
+        while store.pending_counters or store.demos_buffered:
+            assert time.monotonic() < deadline, "counters not flushed after Redis came back"
+            await asyncio.sleep(0.2)
+            await store.flush_counters()
+        assert await store.read_counters(TASK) == {"requests": 3, "cost": 1.5}
+        assert client.xlen(f"cgout:demos:{TASK}") == 1
+        # the hot path recovers once the breaker's cooldown has passed
+        while await store.cache_get("cache:b") is None:
+            assert time.monotonic() < deadline, "the cache never came back"
+            await store.cache_set("cache:b", {"output": "y"}, ttl_s=60)
+            await asyncio.sleep(0.2)
+    finally:
+        await store.close()
+        client.close()
+
+
+async def test_buffered_demos_survive_a_gateway_restart(
+    tmp_path: Path, private_redis: RedisServer
+) -> None:
+    client = redis.Redis(port=private_redis.port)
+    first = RedisStore(private_redis.url, tmp_path / "data", prefix="cgspill")
+    private_redis.stop()
+    await first.append_demo(TASK, demo(1))
+    await first.append_demo(TASK, demo(2))
+    await first.close()  # the gateway exits while Redis is still away
+
+    private_redis.start()
+    second = RedisStore(private_redis.url, tmp_path / "data", prefix="cgspill")
+    try:
+        assert second.demos_buffered == 2  # adopted from the spill file
+        await second.flush_counters()
+        assert second.demos_buffered == 0
+        await second.resume_demos(TASK, "learner-a", None)
+        got = await read_all(second)
+        assert [d["input"] for _, d in got] == ["text 1", "text 2"]
+        assert client.xlen(f"cgspill:demos:{TASK}") == 2
+        assert not list((tmp_path / "data" / "outbox").glob("outbox-*.jsonl"))
+    finally:
+        await second.close()
+        client.close()
