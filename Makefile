@@ -19,8 +19,13 @@ install: $(BIN)/cascade-gateway
 	$(BIN)/cascade-gateway models fetch
 
 # Serves on $(HOST):$(PORT); starts llama.cpp's server for the large LM unless LLM_BASE_URL is set.
+# The admin token (for /admin/*) is CASCADE_ADMIN_TOKEN, else one made once in data/admin-token.
 serve: install
-	$(BIN)/cascade-gateway serve --host $(HOST) --port $(PORT)
+	@mkdir -p data
+	@[ -s data/admin-token ] || $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(24))" > data/admin-token
+	@echo "admin token: data/admin-token (curl -H \"Authorization: Bearer \$$(cat data/admin-token)\" ...)"
+	CASCADE_ADMIN_TOKEN=$${CASCADE_ADMIN_TOKEN:-$$(cat data/admin-token)} \
+		$(BIN)/cascade-gateway serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest -q

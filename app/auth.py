@@ -140,13 +140,14 @@ async def admin(request: Request, gw: Gateway = Depends(gateway)) -> str:
         raise HTTPException(
             403, "admin routes are disabled: set CASCADE_ADMIN_TOKEN to enable them"
         )
-    given = _bearer(request) or request.headers.get("x-admin-token")
-    if given is None:
+    # x-admin-token leaves Authorization to an API key: either header may carry the token
+    given = [t for t in (request.headers.get("x-admin-token"), _bearer(request)) if t]
+    if not given:
         raise HTTPException(
             401,
-            "admin token required: send 'Authorization: Bearer <token>'",
+            "admin token required: send 'Authorization: Bearer <token>' or 'x-admin-token'",
             headers={"www-authenticate": "Bearer"},
         )
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    if not any(hmac.compare_digest(t.encode(), token.encode()) for t in given):
         raise HTTPException(403, "wrong admin token")
     return "admin"

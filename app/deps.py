@@ -7,5 +7,5 @@ from fastapi import Request
 from app.main import Gateway
 
 
-def gateway(request: Request) -> Gateway:
+async def gateway(request: Request) -> Gateway:
     return request.app.state.gateway  # type: ignore[no-any-return]

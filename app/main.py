@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from app import errors
 from app.middleware import BodyLimit, JSONBodyDefault, StartTime
 from app.settings import Settings, get_settings
+from cascade.aio import stop_if_cancelled
 from cascade.backends import BackendPool
 from cascade.config import Config, load_config
 from cascade.runner import Cascade
@@ -47,6 +48,7 @@ async def _poll_versions(gw: Gateway) -> None:
                 log.info("task %s now serves learned version %d", task, v)
         except Exception:
             log.exception("version refresh failed")
+        stop_if_cancelled()
         await asyncio.sleep(gw.settings.version_poll_s)
 
 
@@ -63,6 +65,7 @@ async def _gauges(gw: Gateway, every_s: float = 2.0) -> None:
         m.sync_store_errors(gw.store.errors)
         m.demos_buffered.set(gw.store.demos_buffered)
         m.demos_dropped.set(gw.store.demos_dropped)
+        stop_if_cancelled()
         await asyncio.sleep(every_s)
 
 

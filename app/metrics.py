@@ -129,11 +129,11 @@ class Metrics:
             self.requests.labels(o.task, o.level, "cached").inc()
         else:
             self.requests.labels(o.task, o.level, "degraded" if o.degraded else "answered").inc()
+        self.overhead.observe(o.overhead_ms / 1000)  # a cache hit is all overhead
         if o.cached:
             self.cache_hits.labels(o.task).inc()
         else:
             self.cache_misses.labels(o.task).inc()
-            self.overhead.observe(o.overhead_ms / 1000)
         for t in o.levels:
             if t.deferred:
                 self.deferrals.labels(o.task, t.name).inc()

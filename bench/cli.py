@@ -43,6 +43,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         sargs.target_agreement = args.target_agreement
     if args.thresholds is not None:
         sargs.thresholds = args.thresholds
+    if args.cascade_thresholds is not None:
+        sargs.cascade_thresholds = args.cascade_thresholds
     payload = asyncio.run(stream_bench(sargs))
     best = [r for r in payload["runs"] if r["system"] == "cascade"]
     print(
@@ -73,16 +75,37 @@ def cmd_deferral(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    from bench.load import LoadArgs, load_bench
+
+    largs = LoadArgs(
+        duration_s=args.duration,
+        redis_url=args.redis_url,
+        out=Path(args.out) if args.out else None,
+        write_doc=not args.no_doc,
+    )
+    if args.workers:
+        largs.workers = tuple(int(x) for x in args.workers)
+    if args.connections:
+        largs.connections = tuple(int(x) for x in args.connections)
+    payload = load_bench(largs)
+    print(json.dumps(payload["overhead_at_8_connections"]))
+    return 0
+
+
 def cmd_all(args: argparse.Namespace) -> int:
     """Every benchmark, rewriting docs/BENCHMARKS.md (``make bench``)."""
     base = ["--no-doc"] if args.no_doc else []
-    for stream in ("rotten-tomatoes", "trec"):
+    for stream, limit in (("rotten-tomatoes", 5000), ("trec", 1000)):
         out = Path("bench/results") / f"stream-{stream}.json"
-        extra = ["--task", "sentiment"]
+        extra = ["--task", "sentiment", "--limit", str(limit)]
         rc = main_bench(["stream", "--stream", stream, "--out", str(out), *extra, *base])
         if rc:
             return rc
-    return main_bench(["deferral", "--out", "bench/results/deferral-trec-chat.json", *base])
+    rc = main_bench(["deferral", "--out", "bench/results/deferral-trec-chat.json", *base])
+    if rc:
+        return rc
+    return main_bench(["load", "--out", "bench/results/load.json", *base])
 
 
 def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -100,6 +123,14 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     d.add_argument("--out")
     d.add_argument("--no-doc", action="store_true")
     d.set_defaults(fn=cmd_deferral)
+    lo = bsub.add_parser("load", help="throughput/latency of the cache-hit and logistic paths")
+    lo.add_argument("--duration", type=int, default=5, help="seconds per point")
+    lo.add_argument("--workers", type=_floats, help="e.g. 1,2,4")
+    lo.add_argument("--connections", type=_floats, help="e.g. 1,8,64")
+    lo.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    lo.add_argument("--out")
+    lo.add_argument("--no-doc", action="store_true")
+    lo.set_defaults(fn=cmd_load)
     a = bsub.add_parser("all", help="run every benchmark")
     a.add_argument("--no-doc", action="store_true")
     a.set_defaults(fn=cmd_all)
@@ -126,7 +157,12 @@ def _add_stream(bsub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     s.add_argument("--mu", type=_floats, help="mu values to sweep, e.g. 0,0.01,0.1")
     s.add_argument("--target-agreement", type=_floats, help="targets to sweep, e.g. 0.9,0.95")
     s.add_argument("--thresholds", type=_floats, help="thresholds for the baselines")
-    s.add_argument("--distill-n", type=int, default=500)
+    s.add_argument(
+        "--cascade-thresholds",
+        type=_floats,
+        help="also run the learning cascade with these static thresholds",
+    )
+    s.add_argument("--distill-n", type=int, help="labels for distillation (default: 10%%)")
     s.add_argument("--out", help="write the JSON results here")
     s.add_argument("--no-timing", action="store_true", help="skip the live per-level timing")
     s.add_argument("--no-doc", action="store_true", help="do not rewrite docs/BENCHMARKS.md")

@@ -79,7 +79,7 @@ def router_task(task: TaskConfig, small: str, threshold: float, embed: str | Non
             "kind": "router",
             "cost": 0.0001,
             "params": {"embed": embed} if embed else {},
-            "policy": {"kind": "threshold", "threshold": threshold, "explore_floor": 0.05},
+            "policy": {"kind": "threshold", "threshold": threshold},
         }
     )
     levels = list(task.levels)

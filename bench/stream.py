@@ -67,12 +67,16 @@ def task_for(spec: RunSpec, template: TaskConfig) -> TaskConfig:
     # ours: keep each level's configured policy, set the swept knob on learned ones
     out = []
     for lc in cheap:
-        pol = lc.policy.model_dump()
-        if spec.knob == "mu":
-            pol.pop("target_agreement", None)
-            pol["mu"] = spec.value
+        pol = lc.policy.model_dump(exclude_none=True)
+        if spec.knob == "mu":  # the paper's policy, on the same (learning) levels
+            pol = {"kind": "ocl", "mu": spec.value, "extras": ["agree_prev", "zs_agree"]}
         elif spec.knob == "target_agreement":
-            pol["target_agreement"] = spec.value
+            # the swept target never lowers a level's own, stricter one (the cheapest levels
+            # are configured to answer only when nearly sure; the sweep moves the small LM's)
+            pol["target_agreement"] = max(spec.value or 0.0, pol.get("target_agreement") or 0.0)
+        elif spec.knob == "threshold" and pol.get("kind") == "threshold":
+            pol.pop("target_agreement", None)  # learned levels, static thresholds
+            pol["threshold"] = spec.value
         out.append(_with_policy(lc, pol))
     return template.model_copy(update={"levels": [*out, large]})
 
@@ -168,7 +172,8 @@ class StreamBenchArgs:
     mu: tuple[float, ...] = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3)
     target_agreement: tuple[float, ...] = (0.9, 0.93, 0.95, 0.97, 0.99)
     thresholds: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-    distill_n: int = 500
+    cascade_thresholds: tuple[float, ...] = ()
+    distill_n: int | None = None  # default: the first 10% of the stream
     out: Path | None = None
     timing: bool = True
     write_doc: bool = True
@@ -211,6 +216,8 @@ async def stream_bench(args: StreamBenchArgs) -> dict[str, Any]:
     base = load_config(args.config or settings.config_path)
     template = stream.task_config(base.tasks[args.task])
     replay = ReplayFile(ANNOTATIONS, write_name=f"{stream.name}.{_large_model(base, template)}")
+    if args.distill_n is None:
+        args.distill_n = max(50, len(stream.items) // 10)
     missing = _missing_answers(base, template, stream, replay)
     need_server = (missing > 0 or args.timing) and not settings.llm_base_url
     print(
@@ -240,6 +247,7 @@ async def stream_bench(args: StreamBenchArgs) -> dict[str, Any]:
         specs = [RunSpec("threshold", "threshold", t) for t in args.thresholds]
         specs += [RunSpec("distill", "threshold", t) for t in args.thresholds]
         specs += [RunSpec("cascade", "mu", m) for m in args.mu]
+        specs += [RunSpec("cascade", "threshold", t) for t in args.cascade_thresholds]
         specs += [RunSpec("cascade", "target_agreement", t) for t in args.target_agreement]
         overall = Progress("bench stream", len(specs), every=1)
         for n, spec in enumerate(specs, start=1):

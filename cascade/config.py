@@ -83,6 +83,11 @@ class ThresholdPolicyConfig(_Strict):
 
     kind: Literal["threshold"] = "threshold"
     threshold: float = Field(0.9, ge=0.0, le=1.0)
+    target_agreement: float | None = Field(
+        None, gt=0.0, le=1.0, description="hold this agreement with the large LM instead"
+    )
+    beta: float | None = Field(None, ge=0.0, lt=1.0, description="exploration decay")
+    explore_floor: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class PolicyConfigAny(_Strict):

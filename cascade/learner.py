@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from cascade.aio import stop_if_cancelled
 from cascade.backends import BackendPool
 from cascade.config import Config
 from cascade.demos import parse_demo
@@ -172,6 +173,7 @@ class Learner:
                 await self.resume()
                 break
             except Exception as e:
+                stop_if_cancelled()
                 log.warning("learner cannot resume yet (%s); retrying", e)
                 await asyncio.sleep(1.0)
         await asyncio.gather(*(self._loop(t) for t in self.learners))
@@ -185,6 +187,7 @@ class Learner:
             except Exception as e:
                 log.warning("learner step for %s failed (%s); retrying", task, e)
                 await asyncio.sleep(0.5)
+            stop_if_cancelled()
 
 
 async def run_learner_process(settings: Any, config: Config, consumer: str | None = None) -> None:

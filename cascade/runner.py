@@ -7,6 +7,7 @@ demonstrations into new versions, which ``refresh`` hot-loads into levels and po
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -367,12 +368,15 @@ class Cascade:
         rt, answer = p.rt, p.answer
         assert answer is not None
         key = None
+        writes = []
         if use_cache and p.cache_keys and not outcome.degraded:
             key = p.cache_keys[0] if by_large else p.cache_keys[1]
-            await self.store.cache_set(
-                key,
-                {"output": answer.text, "label": answer.label, "level": answer.name},
-                rt.config.cache_ttl_s,
+            writes.append(
+                self.store.cache_set(
+                    key,
+                    {"output": answer.text, "label": answer.label, "level": answer.name},
+                    rt.config.cache_ttl_s,
+                )
             )
         records = {
             o.name: level_record(
@@ -384,19 +388,22 @@ class Cascade:
             for j, o in enumerate(p.outputs)
             if o.name != rt.large.name
         }
-        await self.store.put_record(
-            f"req:{p.request_id}",
-            {
-                "task": rt.name,
-                "input": p.q.text,
-                "tenant": p.tenant,
-                "version": p.version,
-                "cache_key": key,
-                "levels": records,
-                "answer": {"level": answer.name, "label": answer.label, "output": answer.text},
-            },
-            self.request_ttl_s,
+        writes.append(
+            self.store.put_record(
+                f"req:{p.request_id}",
+                {
+                    "task": rt.name,
+                    "input": p.q.text,
+                    "tenant": p.tenant,
+                    "version": p.version,
+                    "cache_key": key,
+                    "levels": records,
+                    "answer": {"level": answer.name, "label": answer.label, "output": answer.text},
+                },
+                self.request_ttl_s,
+            )
         )
+        await asyncio.gather(*writes)  # concurrent round trips, not one after the other
         if by_large:
             demo = build_demo(
                 rt.name,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ class TaskRuntime:
     overrides: dict[str, dict[str, float]] = field(default_factory=dict)  # operator settings
     settings_revision: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))  # exploration coin
 
     @property
     def large(self) -> Level:

@@ -44,6 +44,10 @@ class Walk:
 
 async def walk_cheap_levels(p: Walk) -> None:
     p.deltas = {"requests": 1, "cost_llm_only": p.rt.large.cost}
+    # one exploration coin per request: an explored item runs every level, and goes on to
+    # the large LM whatever they say, so each level sees a uniform sample of its traffic
+    want = max((pol.explore_probability for pol in p.rt.policies if pol is not None), default=0)
+    p.exploring = want > 0 and p.rt.rng.random() < want
     i = 0
     while i < len(p.rt.levels) - 1:
         await try_level(p, i)
@@ -86,6 +90,7 @@ def record_level(p: Walk, i: int, out: LevelOutput) -> None:
     last = i == len(p.rt.levels) - 1
     p.cost += level.cost
     p.outputs.append(out)
+    p.q.shared.setdefault("outputs", {})[level.name] = out  # later levels may stack on it
     p.deltas[pre + "seen"] = 1
     p.deltas[pre + "latency_ms"] = out.latency_ms
     trace = LevelTrace(
@@ -115,7 +120,6 @@ def record_level(p: Walk, i: int, out: LevelOutput) -> None:
     if out.ready and out.valid:
         d = policy.decide(features_of(out, p.outputs[:-1]))
         p.decisions[level.name] = d
-        p.exploring = p.exploring or d.explore
         if not d.defer and not p.exploring:
             p.answer, trace.answered = out, True
             p.deltas[pre + "answered"] = 1
@@ -137,7 +141,7 @@ def _route(p: Walk, name: str, out: LevelOutput, policy: Policy) -> None:
         return
     d = policy.decide(features_of(out, []))
     p.decisions[name] = d
-    if d.defer and not d.explore:
+    if d.defer and not p.exploring:
         p.skip_next = True
         p.deltas[pre + "routed"] = 1
         p.traces[-1].deferred = True

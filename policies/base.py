@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from policies.explore import Explorer
+
 
 @dataclass
 class Features:
@@ -63,8 +65,9 @@ class Features:
 @dataclass(frozen=True)
 class Decision:
     """``defer``: the policy's verdict. ``score``: its deferral score (higher = defer).
-    ``explore``: send the item on to the large LM whatever the verdict, so that the level's
-    answer gets compared with the large LM's on a uniform sample of its traffic."""
+    ``explore``: the item goes on to the large LM whatever the verdict (one coin per request,
+    flipped by the runner with the largest ``explore_probability`` of the task's policies), so
+    each level's answer is compared with the large LM's on a uniform sample of its traffic."""
 
     defer: bool
     score: float
@@ -80,6 +83,12 @@ class Policy(ABC):
 
     kind: ClassVar[str]
     learned: ClassVar[bool] = False
+    explorer: Explorer | None = None
+
+    @property
+    def explore_probability(self) -> float:
+        """How often this policy wants an item sent on to the large LM to learn from it."""
+        return 0.0 if self.explorer is None else self.explorer.probability
 
     @abstractmethod
     def decide(self, features: Features) -> Decision: ...
@@ -149,7 +158,7 @@ def make_policy(kind: str, **params: Any) -> Policy:
     try:
         factory = _REGISTRY[kind]
     except KeyError:
-        raise PolicyError(f"unknown policy kind {kind!r}; known: {sorted(_REGISTRY)}") from None
+        raise PolicyError(f"unknown policy kind {kind!r}; known: {known_policies()}") from None
     try:
         return factory(**params)
     except (TypeError, ValueError) as e:

@@ -7,11 +7,9 @@ of comparisons with the large LM for the agreement estimate.
 
 from __future__ import annotations
 
-import numpy as np
-
 
 class Explorer:
-    def __init__(self, beta: float = 0.0, floor: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, beta: float = 0.0, floor: float = 0.0) -> None:
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {beta}")
         if not 0.0 <= floor <= 1.0:
@@ -19,13 +17,9 @@ class Explorer:
         self.beta = beta
         self.floor = floor
         self.seen = 0
-        self._rng = np.random.default_rng(seed)
 
     @property
     def probability(self) -> float:
         decay = self.beta**self.seen if self.beta > 0 else 0.0
         return max(decay, self.floor)
 
-    def coin(self) -> bool:
-        p = self.probability
-        return p > 0 and bool(self._rng.random() < p)

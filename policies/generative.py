@@ -39,16 +39,16 @@ class _ScoreRule(Policy):
         self,
         threshold: float | None = None,
         target_agreement: float | None = None,
-        beta: float = 0.0,
+        beta: float | None = None,
         explore_floor: float | None = None,
-        seed: int = 0,
     ) -> None:
         if threshold is None and target_agreement is None:
             raise PolicyError(f"{self.kind}: give a threshold or a target_agreement")
         self.threshold = None if threshold is None else float(threshold)
         self.op = OperatingPoint(target_agreement) if target_agreement is not None else None
         floor = explore_floor if explore_floor is not None else (0.03 if self.op else 0.0)
-        self.explorer = Explorer(beta=beta, floor=floor, seed=seed)
+        beta = beta if beta is not None else (0.99 if self.op else 0.0)
+        self.explorer = Explorer(beta=beta, floor=floor)
         self.learned = self.op is not None
 
     def inputs(self, f: Features) -> np.ndarray:
@@ -65,7 +65,7 @@ class _ScoreRule(Policy):
         else:
             assert self.threshold is not None
             defer = s > self.threshold
-        return Decision(defer=defer, score=s, explore=self.explorer.coin())
+        return Decision(defer=defer, score=s, explore=False)
 
     def update(self, features: Features, wrong: bool, explored: bool) -> None:
         self.explorer.seen += 1
@@ -123,7 +123,8 @@ class _ScoreRule(Policy):
 class ChowSum(_ScoreRule):
     def score(self, features: Features) -> float:
         lp = features.token_logprobs
-        return -chow_sum(lp) if lp is not None else math.inf
+        # no log-probabilities (an endpoint without them): nothing to trust, as for the others
+        return -chow_sum(lp) if lp is not None and lp.size else math.inf
 
 
 @register("chow_average")
@@ -168,13 +169,12 @@ class PosthocQuantile(_ScoreRule):
         min_examples: int = 32,
         threshold: float | None = None,
         target_agreement: float | None = None,
-        beta: float = 0.0,
+        beta: float | None = None,
         explore_floor: float | None = None,
-        seed: int = 0,
     ) -> None:
         if threshold is None and target_agreement is None:
             threshold = 0.5
-        super().__init__(threshold, target_agreement, beta, explore_floor, seed)
+        super().__init__(threshold, target_agreement, beta, explore_floor)
         self.c, self.refit_every, self.min_examples = c, refit_every, min_examples
         self.xs: list[np.ndarray] = []
         self.ys: list[int] = []

@@ -23,7 +23,7 @@ import torch
 from policies.base import Decision, Features, Policy, PolicyError, register
 from policies.explore import Explorer
 from policies.operating import OperatingPoint
-from policies.threshold import check_unit
+from policies.threshold import check_target
 
 torch.set_num_threads(1)  # tiny MLPs: threads cost more than they save
 
@@ -63,7 +63,7 @@ class OCLPolicy(Policy):
         self.warmup = int(warmup)
         self.extras = list(extras or [])
         self.op = OperatingPoint(target_agreement) if target_agreement is not None else None
-        self.explorer = Explorer(beta=beta, floor=explore_floor, seed=seed)
+        self.explorer = Explorer(beta=beta, floor=explore_floor)
         self._seed = seed
         self.net: _MLP | None = None
         self.opt: torch.optim.Optimizer | None = None
@@ -109,7 +109,7 @@ class OCLPolicy(Policy):
             defer = d >= self.op.threshold
         else:
             defer = d > 0.5
-        return Decision(defer=defer, score=d, explore=self.explorer.coin())
+        return Decision(defer=defer, score=d, explore=False)
 
     def update(self, features: Features, wrong: bool, explored: bool) -> None:
         """Book-keeping per demonstration; the gradient step is ``ocl_update`` (joint)."""
@@ -142,7 +142,7 @@ class OCLPolicy(Policy):
                 raise PolicyError(f"c must be in [0, 0.5), got {params['c']!r}")
             self.c = c
         if "target_agreement" in params:
-            t = check_unit("target_agreement", params["target_agreement"])
+            t = check_target(params["target_agreement"])
             if self.op is None:
                 self.op = OperatingPoint(t)
             else:

@@ -4,8 +4,8 @@ Exploration sends a uniform sample of the items that reach a level on to the lar
 the level would have done, so for those items we know the level's deferral score *and* whether
 its answer agrees with the large LM. Among them, the items scored below a threshold are an
 unbiased sample of what the level would answer at that threshold; the operating point is the
-largest threshold whose agreement (a one-sided Wilson lower bound, so small samples answer
-less) stays at or above the target: the fewest large-LM calls at the asked-for quality.
+largest threshold whose agreement (a one-sided Wilson lower bound, z = 0.5 by default, so
+small samples answer less) stays at or above the target: the fewest large-LM calls at the asked-for quality.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class OperatingPoint:
     def __init__(
         self,
         target: float,
-        window: int = 2000,
-        z: float = 1.0,
+        window: int = 1000,
+        z: float = 0.5,
         min_samples: int = 30,
         initial: float = 0.0,
     ) -> None:
@@ -80,7 +80,8 @@ class OperatingPoint:
         """Agreement among explored items the level answers at the current threshold."""
         n_all = len(self._scores)
         if not n_all:
-            return {"n": 0, "agreement": None, "ci_low": None, "threshold": self.threshold}
+            return {"n": 0, "agreement": None, "ci95_low": None, "ci95_high": None,
+                    "threshold": self.threshold}
         agreed = np.array([a for _, a in self.samples])[-n_all:]
         inside = self._scores < self.threshold
         n = int(inside.sum())
@@ -88,8 +89,8 @@ class OperatingPoint:
         return {
             "n": n,
             "agreement": agree / n if n else None,
-            "ci_low": wilson_lower(agree, n, self.z) if n else None,
-            "ci_high": 1.0 - wilson_lower(n - agree, n, self.z) if n else None,
+            "ci95_low": wilson_lower(agree, n, 1.96) if n else None,
+            "ci95_high": 1.0 - wilson_lower(n - agree, n, 1.96) if n else None,
             "threshold": self.threshold,
             "answer_share": n / n_all,
         }

@@ -19,14 +19,17 @@ class ThresholdPolicy(Policy):
         self,
         threshold: float = 0.9,
         target_agreement: float | None = None,
-        beta: float = 0.0,
+        beta: float | None = None,
         explore_floor: float | None = None,
-        seed: int = 0,
     ) -> None:
         self.threshold = check_unit("threshold", threshold)
+        if target_agreement is not None:
+            target_agreement = check_target(target_agreement)
         self.op = OperatingPoint(target_agreement) if target_agreement is not None else None
+        # with a target, explore heavily while young (beta^k) and keep a floor for the estimate
         floor = explore_floor if explore_floor is not None else (0.03 if self.op else 0.0)
-        self.explorer = Explorer(beta=beta, floor=floor, seed=seed)
+        beta = beta if beta is not None else (0.99 if self.op else 0.0)
+        self.explorer = Explorer(beta=beta, floor=floor)
         self.learned = self.op is not None
 
     def score(self, features: Features) -> float:
@@ -35,7 +38,7 @@ class ThresholdPolicy(Policy):
     def decide(self, features: Features) -> Decision:
         s = self.score(features)
         defer = s >= self.op.threshold if self.op else features.confidence < self.threshold
-        return Decision(defer=defer, score=s, explore=self.explorer.coin())
+        return Decision(defer=defer, score=s, explore=False)
 
     def update(self, features: Features, wrong: bool, explored: bool) -> None:
         self.explorer.seen += 1
@@ -57,7 +60,7 @@ class ThresholdPolicy(Policy):
         if "threshold" in params:
             self.threshold = check_unit("threshold", params["threshold"])
         if "target_agreement" in params:
-            t = check_unit("target_agreement", params["target_agreement"])
+            t = check_target(params["target_agreement"])
             if self.op is None:
                 self.op = OperatingPoint(t)
                 self.explorer.floor = max(self.explorer.floor, 0.03)
@@ -93,4 +96,12 @@ def check_unit(name: str, value: float) -> float:
         raise PolicyError(f"{name} must be a number, got {value!r}") from None
     if not 0.0 <= v <= 1.0:
         raise PolicyError(f"{name} must be between 0 and 1, got {v}")
+    return v
+
+
+def check_target(value: float) -> float:
+    """An agreement target is a share in (0, 1]: 0 would let a level answer anything."""
+    v = check_unit("target_agreement", value)
+    if v <= 0.0:
+        raise PolicyError(f"target_agreement must be in (0, 1], got {v}")
     return v

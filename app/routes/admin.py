@@ -6,6 +6,7 @@ static shell that asks for the token and reads these routes.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -36,14 +37,12 @@ def _window(window: str) -> int | None:
     return WINDOWS[window]
 
 
-async def _read(call: Awaitable[T]) -> T:
-    """Statistics live in the store: when it is unreachable, say so (503), not 500."""
+async def _read(call: Awaitable[T], what: str = "statistics are") -> T:
+    """Statistics and settings live in the store: when it is unreachable, say so (503)."""
     try:
         return await call
     except (RedisError, OSError) as e:
-        raise HTTPException(
-            503, f"statistics are unavailable: the store is unreachable ({e})"
-        ) from None
+        raise HTTPException(503, f"{what} unavailable: the store is unreachable ({e})") from None
 
 
 @guarded.get("/stats")
@@ -92,7 +91,7 @@ async def tasks(gw: Gateway = Depends(gateway)) -> dict[str, Any]:
     """The live configuration: levels, policies with their current parameters, versions."""
     out = {}
     for name, rt in gw.cascade.tasks.items():
-        settings = await gw.store.table_get("settings", name) or {}
+        settings = await _read(gw.store.table_get("settings", name), "settings are") or {}
         out[name] = {
             "kind": rt.config.kind,
             "labels": rt.config.labels,
@@ -122,11 +121,11 @@ async def set_policy(
         pol = rt.policy(body.level)
     except KeyError as e:
         raise HTTPException(404, str(e.args[0])) from None
-    try:
-        pol.set_params(**body.params)  # validates; other processes follow via the store
+    try:  # validate on a copy: a refused change must leave nothing half applied
+        copy.deepcopy(pol).set_params(**body.params)
     except PolicyError as e:
         raise HTTPException(422, str(e)) from None
-    current = await gw.store.table_get("settings", task) or {}
+    current = await _read(gw.store.table_get("settings", task), "settings are") or {}
     levels = dict(current.get("levels", {}))
     levels[body.level] = {**levels.get(body.level, {}), **body.params}
     revision = int(current.get("revision", 0)) + 1
@@ -143,7 +142,8 @@ async def set_policy(
         "levels": levels,
         "history": [*current.get("history", []), entry][-200:],
     }
-    await gw.store.table_set("settings", task, record)
+    await _read(gw.store.table_set("settings", task, record), "settings are")
+    pol.set_params(**body.params)  # here; other processes follow via the store
     rt.overrides, rt.settings_revision = levels, revision
     return {
         "task": task,

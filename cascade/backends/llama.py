@@ -248,6 +248,7 @@ class LlamaBackend:
                 text=text,
                 model=self.name,
                 token_logprobs=lps,
+                tokens=toks,
                 entropies=ents if self.top_k else None,
                 finish_reason=finish,
             ),

@@ -76,8 +76,11 @@ class _LMLevel(Level):
 
 class LocalLMLevel(_LMLevel):
     """A GGUF LM in-process. For classify tasks, ``params.probe: true`` adds a head learned
-    online over the LM's final hidden state (and its zero-shot label log-probabilities): the
-    small LM then imitates the large LM instead of answering zero-shot."""
+    online over the LM's final hidden state (and its zero-shot label log-probabilities) that
+    imitates the large LM; ``params.stack: [level, ...]`` averages the level's answer with
+    the class distributions of earlier levels. An average of opinions that err differently
+    (zero-shot, the probe, the encoder's head) ranks items by how safe they are to answer far
+    better than any one of them: the large LM's accuracy at a fraction of its calls."""
 
     kind = "local_lm"
 
@@ -93,6 +96,8 @@ class LocalLMLevel(_LMLevel):
             refit_every=int(p.get("refit_every", 16)),
             min_examples=int(p.get("probe_min_examples", 32)),
         )
+        stack = p.get("stack") or []
+        self.stack = [str(s) for s in stack] if isinstance(stack, list) else [str(stack)]
 
     def _need_backend(self) -> LlamaBackend:
         if self.backend is None:
@@ -125,11 +130,30 @@ class LocalLMLevel(_LMLevel):
             out.extra[f"zs_{lab}"] = float(pz)
         if self.probe_ready and r.hidden is not None:
             probs = self.probe.proba(self.probe_input(r.hidden, zero_shot))
-            i = int(np.argmax(probs))
-            out.probs, out.label, out.text = probs, self.labels[i], self.labels[i]
-            out.confidence = float(probs[i])
-            out.extra["zs_agree"] = float(int(np.argmax(zero_shot)) == i)
+            self._set_probs(out, probs)
+            out.extra["zs_agree"] = float(int(np.argmax(zero_shot)) == int(np.argmax(probs)))
             out.extra["updates"] = float(self.updates)
+        return out
+
+    def _set_probs(self, out: LevelOutput, probs: np.ndarray) -> None:
+        i = int(np.argmax(probs))
+        out.probs, out.label, out.text = probs, self.labels[i], self.labels[i]
+        out.confidence = float(probs[i])
+
+    def stacked(self, out: LevelOutput, q: Query) -> LevelOutput:
+        """Average zero-shot, probe and the stacked earlier levels' class distributions."""
+        if not self.stack or not out.valid or out.probs is None:
+            return out
+        zero_shot = np.array([out.extra.get(f"zs_{lab}", 0.0) for lab in self.labels])
+        opinions = [zero_shot] + ([out.probs] if self.probe_ready else [])
+        earlier = q.shared.get("outputs", {})
+        for name in self.stack:
+            o = earlier.get(name)
+            if o is not None and o.ready and o.valid and o.probs is not None:
+                opinions.append(np.asarray(o.probs))
+        if len(opinions) > 1:
+            self._set_probs(out, np.mean(opinions, axis=0))
+            out.extra["opinions"] = float(len(opinions))
         return out
 
     def _examples(self, demos: list[Demo]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -202,7 +226,7 @@ class LocalLMLevel(_LMLevel):
             r = await anyio.to_thread.run_sync(
                 lambda: backend.generate(q.messages, q.max_tokens, q.temperature)
             )
-        out = self.to_output(r, (time.perf_counter() - t0) * 1000)
+        out = self.stacked(self.to_output(r, (time.perf_counter() - t0) * 1000), q)
         out.embedding = await self.prompt_embedding(q)
         return out
 

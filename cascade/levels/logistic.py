@@ -14,6 +14,7 @@ import numpy as np
 from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import SGDClassifier
+from sklearn.utils import murmurhash3_32
 
 from cascade.config import LevelConfig, TaskConfig
 from cascade.levels.base import Demo, Level, LevelOutput, Query
@@ -35,6 +36,7 @@ class LogisticLevel(Level):
             alternate_sign=False,
             norm="l2",
         )
+        self._analyze = self.vectorizer.build_analyzer()
         self.clf: SGDClassifier | None = None
         self._coef: np.ndarray | None = None  # (n_labels or 1, n_features), task label order
         self._intercept: np.ndarray | None = None
@@ -46,6 +48,21 @@ class LogisticLevel(Level):
 
     def features(self, texts: list[str]) -> sparse.csr_matrix:
         return self.vectorizer.transform(texts)
+
+    def hashed(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """One text's hashed features as (indices, l2-normalised values): the same numbers as
+        ``HashingVectorizer.transform`` (tested), without its per-call validation."""
+        counts: dict[int, float] = {}
+        n = self.n_features
+        for tok in self._analyze(text):
+            h = murmurhash3_32(tok, seed=0)
+            i = (2147483647 - (n - 1)) % n if h == -2147483648 else abs(h) % n
+            counts[i] = counts.get(i, 0.0) + 1.0
+        if not counts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        val = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+        return idx, val / np.sqrt((val * val).sum())
 
     def proba(self, x: sparse.csr_matrix) -> np.ndarray | None:
         """Class probabilities in task label order, or None before the first update."""
@@ -59,9 +76,21 @@ class LogisticLevel(Level):
         p = 1.0 / (1.0 + np.exp(-d))
         return p / p.sum()
 
+    def proba_text(self, text: str) -> np.ndarray | None:
+        coef, intercept = self._coef, self._intercept
+        if coef is None or intercept is None:
+            return None
+        idx, val = self.hashed(text)
+        d = coef[:, idx] @ val + intercept
+        if len(self.labels) == 2:
+            p1 = 1.0 / (1.0 + np.exp(-d[0]))
+            return np.array([1.0 - p1, p1])
+        p = 1.0 / (1.0 + np.exp(-d))
+        return p / p.sum()
+
     async def predict(self, q: Query) -> LevelOutput:
         t0 = time.perf_counter()
-        probs = self.proba(self.features([q.text]))
+        probs = self.proba_text(q.text)
         ms = (time.perf_counter() - t0) * 1000
         if probs is None:
             return self.not_ready(ms)

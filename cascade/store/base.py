@@ -16,6 +16,8 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from typing import Any
 
+from cascade.aio import stop_if_cancelled
+
 log = logging.getLogger(__name__)
 
 #: Time buckets kept for windowed statistics: (name, seconds per bucket, how long kept).
@@ -63,6 +65,7 @@ class Store(ABC):
                 await self.flush_counters()
             except Exception:  # never let the flusher die
                 log.exception("counter flush failed")
+            stop_if_cancelled()
 
     @abstractmethod
     async def ping(self) -> bool: ...

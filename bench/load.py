@@ -1,0 +1,286 @@
+"""``cascade-gateway bench load``: throughput and latency of the gateway's cheapest paths.
+
+Two paths are measured, with 1, 2 and 4 uvicorn workers, at 1, 8 and 64 connections, by wrk
+in another process: the cache-hit path (a repeated request) and the logistic-answers path (the
+first level answers; ``cache: false``). In the same run the same load goes to a *floor*: a
+minimal FastAPI app that does only what the cache-hit path cannot avoid (validate the body, one
+Redis GET, return JSON). The ratios to the floor are the figures; absolute numbers on a shared
+2-core machine are not. The gateway's own overhead is read from ``x-cascade-overhead-ms``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cascade.llm_server import free_port
+
+FLOOR_APP = """
+import os, json
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+
+class Req(BaseModel):
+    task: str = Field(min_length=1)
+    input: str = Field(min_length=1)
+    cache: bool = True
+
+app = FastAPI()
+r = aioredis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=0.1)
+
+@app.post("/generate")
+async def generate(body: Req):
+    hit = await r.get("floor:" + body.task + ":" + body.input)
+    return json.loads(hit) if hit else {"output": None}
+"""
+
+CONFIG = """
+backends:
+  large: {kind: openai, base_url: "http://127.0.0.1:9/v1", model: unused, max_retries: 0}
+tasks:
+  bench:
+    kind: classify
+    labels: [positive, negative]
+    levels:
+      - {name: logistic, kind: logistic, cost: 0.0001, policy: {kind: threshold, threshold: 0.0}}
+      - {name: large, kind: openai, backend: large, cost: 1.0}
+"""
+
+LUA = """
+wrk.method = "POST"
+wrk.body = [[BODY]]
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  io.write(string.format("LAT p50=%f p99=%f\\n", latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass
+class LoadArgs:
+    workers: tuple[int, ...] = (1, 2, 4)
+    connections: tuple[int, ...] = (1, 8, 64)
+    duration_s: int = 5
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    out: Path | None = None
+    write_doc: bool = True
+
+
+def _wait_up(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextmanager
+def _process(cmd: list[str], env: dict[str, str], url: str) -> Iterator[None]:
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        _wait_up(url)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wrk(url: str, body: dict[str, Any], connections: int, duration_s: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(LUA.replace("BODY", json.dumps(body)))
+        script = f.name
+    threads = 1 if connections < 8 else 2
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "-s", script, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    os.unlink(script)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = re.search(r"LAT p50=([\d.]+) p99=([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    assert lat is not None
+    return {
+        "rps": rps,
+        "p50_ms": float(lat.group(1)) / 1000,
+        "p99_ms": float(lat.group(2)) / 1000,
+        "errors": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
+def overhead_sample(url: str, body: dict[str, Any], connections: int, n: int) -> list[float]:
+    """x-cascade-overhead-ms from ``n`` requests sent by ``connections`` concurrent clients."""
+    import asyncio
+
+    async def run() -> list[float]:
+        values: list[float] = []
+        async with httpx.AsyncClient(timeout=10) as client:
+
+            async def worker(k: int) -> None:
+                for _ in range(k):
+                    r = await client.post(url, json=body)
+                    values.append(float(r.headers["x-cascade-overhead-ms"]))
+
+            await asyncio.gather(*(worker(n // connections) for _ in range(connections)))
+        return values
+
+    return asyncio.run(run())
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def _seed(redis_url: str, prefix: str, models_dir: Path) -> None:
+    """Publish a learned logistic level so that it answers every request (no LM needed)."""
+    import asyncio
+
+    from bench.streams import rotten_tomatoes
+    from cascade.config import load_config
+    from cascade.levels.base import Demo
+    from cascade.levels.logistic import LogisticLevel
+    from cascade.store.redis import RedisStore
+    from cascade.versions import TaskState, dump_state
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(CONFIG)
+    cfg = load_config(f.name)
+    task = cfg.tasks["bench"]
+    level = LogisticLevel(task.levels[0], task)
+    items = rotten_tomatoes(models_dir, limit=400).items
+    level.learn([Demo(str(i), it.text, it.label, it.label or "", {}) for i, it in enumerate(items)])
+    blob = dump_state(TaskState("bench", task.labels, levels={"logistic": level.state()}))
+
+    async def put() -> None:
+        store = RedisStore(redis_url, Path(tempfile.mkdtemp()), prefix=prefix)
+        await store.put_version("bench", blob)
+        await store.slow.set(
+            "floor:bench:a warm, funny, wonderful film",
+            json.dumps({"output": "positive", "label": "positive"}),
+        )
+        await store.close()
+
+    asyncio.run(put())
+
+
+def load_bench(args: LoadArgs) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (Debian package wrk: apt-get install wrk)")
+    from app.settings import Settings
+
+    settings = Settings()
+    prefix = f"cgload-{uuid.uuid4().hex[:8]}"
+    work = Path(tempfile.mkdtemp(prefix="cg-load-"))
+    (work / "config.yaml").write_text(CONFIG)
+    (work / "floor.py").write_text(FLOOR_APP)
+    _seed(args.redis_url, prefix, settings.models_dir)
+    text = "a warm, funny, wonderful film"
+    bodies = {
+        "cache_hit": {"task": "bench", "input": text},
+        "logistic": {"task": "bench", "input": text, "cache": False},
+    }
+    rows: list[dict[str, Any]] = []
+    overhead: dict[str, float] = {}
+    env = {
+        **os.environ,
+        "REDIS_URL": args.redis_url,
+        "CASCADE_REDIS_PREFIX": prefix,
+        "CASCADE_CONFIG": str(work / "config.yaml"),
+        "CASCADE_LEARNER": "false",
+        "CASCADE_DATA_DIR": str(work / "data"),
+        "LOG_LEVEL": "warning",
+        "PYTHONPATH": str(work),
+    }
+    exe = str(Path(sys.executable).parent / "cascade-gateway")
+    for workers in args.workers:
+        port, fport = free_port(), free_port()
+        gw = [exe, "serve", "--port", str(port), "--workers", str(workers), "--no-llm-server"]
+        fl = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "floor:app",
+            "--port",
+            str(fport),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
+        with (
+            _process(gw, env, f"http://127.0.0.1:{port}/healthz"),
+            _process(fl, env, f"http://127.0.0.1:{fport}/docs"),
+        ):
+            gurl, furl = f"http://127.0.0.1:{port}/generate", f"http://127.0.0.1:{fport}/generate"
+            for _ in range(3):  # versions load, the cache is filled
+                httpx.post(gurl, json=bodies["cache_hit"], timeout=10)
+                time.sleep(0.5)
+            for conns in args.connections:
+                floor = wrk(furl, bodies["cache_hit"], conns, args.duration_s)
+                for path, body in bodies.items():
+                    g = wrk(gurl, body, conns, args.duration_s)
+                    rows.append(
+                        {
+                            "workers": workers,
+                            "connections": conns,
+                            "path": path,
+                            "rps": g["rps"],
+                            "p50_ms": g["p50_ms"],
+                            "p99_ms": g["p99_ms"],
+                            "errors": g["errors"],
+                            "floor_rps": floor["rps"],
+                            "floor_p50_ms": floor["p50_ms"],
+                            "floor_p99_ms": floor["p99_ms"],
+                            "rps_vs_floor": round(g["rps"] / floor["rps"], 3),
+                            "p50_minus_floor_ms": round(g["p50_ms"] - floor["p50_ms"], 3),
+                        }
+                    )
+                    print(
+                        f"[bench load] workers={workers} conns={conns} {path}: "
+                        f"{g['rps']:.0f} req/s ({g['rps'] / floor['rps']:.0%} of floor "
+                        f"{floor['rps']:.0f}), p50 {g['p50_ms']:.2f} ms",
+                        flush=True,
+                    )
+            if workers == args.workers[0]:
+                for path, body in bodies.items():
+                    xs = overhead_sample(gurl, body, 8, 4000)
+                    overhead[path] = {
+                        "p50_ms": round(_pct(xs, 0.5), 3),
+                        "p99_ms": round(_pct(xs, 0.99), 3),
+                        "n": len(xs),
+                    }
+    payload = {"duration_s": args.duration_s, "runs": rows, "overhead_at_8_connections": overhead}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    if args.write_doc:
+        from bench.load_report import write_load_report
+
+        write_load_report(payload)
+    return payload
