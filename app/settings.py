@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(None, alias="CASCADE_ADMIN_TOKEN")
     learner: bool = Field(True, alias="CASCADE_LEARNER")
     version_poll_s: float = Field(1.0, alias="CASCADE_VERSION_POLL_S", gt=0)
-    demo_stream_maxlen: int = Field(1_000_000, alias="CASCADE_DEMO_STREAM_MAXLEN", ge=1000)
+    demo_stream_maxlen: int = Field(200_000, alias="CASCADE_DEMO_STREAM_MAXLEN", ge=1000)
     log_level: str = Field("info", alias="LOG_LEVEL")
 
 

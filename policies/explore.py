@@ -22,4 +22,3 @@ class Explorer:
     def probability(self) -> float:
         decay = self.beta**self.seen if self.beta > 0 else 0.0
         return max(decay, self.floor)
-

@@ -117,6 +117,7 @@ class _ScoreRule(Policy):
             self.explorer.seen = int(arrays["seen"][0])
         if self.op is not None:
             self.op.load_state(arrays)
+            self.op.rescore(self.score_batch)
 
 
 @register("chow_sum")
@@ -229,24 +230,26 @@ class PosthocQuantile(_ScoreRule):
 
     def state(self) -> dict[str, np.ndarray]:
         out = super().state()
+        # the base rate alone scores every item until both verdicts have been seen
+        out["base_rate"] = np.array([self.base_rate])
         if self.coef is not None and self.mean is not None and self.scale is not None:
             out.update(
                 coef=self.coef,
                 mean=self.mean,
                 scale=self.scale,
                 intercept=np.array([self.intercept]),
-                base_rate=np.array([self.base_rate]),
             )
         return out
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        super().load_state(arrays)
+        if "base_rate" in arrays:
+            self.base_rate = float(arrays["base_rate"][0])
         if "coef" in arrays:
             self.coef = arrays["coef"].astype(np.float32)
             self.mean = arrays["mean"].astype(np.float32)
             self.scale = arrays["scale"].astype(np.float32)
             self.intercept = float(arrays["intercept"][0])
-            self.base_rate = float(arrays["base_rate"][0])
+        super().load_state(arrays)  # last: the operating point rescores with these
 
 
 @register("posthoc_embed")

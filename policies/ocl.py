@@ -174,6 +174,7 @@ class OCLPolicy(Policy):
             net.load_state_dict(weights)
         if self.op is not None:
             self.op.load_state(arrays)
+            self.op.rescore(self.d_batch)
 
 
 @dataclass

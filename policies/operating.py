@@ -5,7 +5,8 @@ the level would have done, so for those items we know the level's deferral score
 its answer agrees with the large LM. Among them, the items scored below a threshold are an
 unbiased sample of what the level would answer at that threshold; the operating point is the
 largest threshold whose agreement (a one-sided Wilson lower bound, z = 0.5 by default, so
-small samples answer less) stays at or above the target: the fewest large-LM calls at the asked-for quality.
+small samples answer less) stays at or above the target: the fewest large-LM calls at the
+asked-for quality.
 """
 
 from __future__ import annotations
@@ -76,12 +77,27 @@ class OperatingPoint:
         self.threshold = best
         return best
 
+    def rescore(self, score: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Score the kept samples with the policy as loaded, without moving the threshold: a
+        process that adopts a published version (and never refits) can then report
+        ``estimate`` for the threshold it serves."""
+        if self.samples:
+            x = np.stack([v for v, _ in self.samples])
+            self._scores = np.asarray(score(x), dtype=np.float64)
+        else:
+            self._scores = np.zeros(0)
+
     def estimate(self) -> dict[str, float | int | None]:
         """Agreement among explored items the level answers at the current threshold."""
         n_all = len(self._scores)
         if not n_all:
-            return {"n": 0, "agreement": None, "ci95_low": None, "ci95_high": None,
-                    "threshold": self.threshold}
+            return {
+                "n": 0,
+                "agreement": None,
+                "ci95_low": None,
+                "ci95_high": None,
+                "threshold": self.threshold,
+            }
         agreed = np.array([a for _, a in self.samples])[-n_all:]
         inside = self._scores < self.threshold
         n = int(inside.sum())

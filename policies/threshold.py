@@ -83,6 +83,7 @@ class ThresholdPolicy(Policy):
             self.explorer.seen = int(arrays["seen"][0])
         if self.op is not None:
             self.op.load_state(arrays)
+            self.op.rescore(_one_minus)
 
 
 def _one_minus(x: np.ndarray) -> np.ndarray:

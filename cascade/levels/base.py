@@ -111,6 +111,9 @@ class Level(ABC):
     # ------------------------------------------------------------------ helpers
 
     def classify_output(self, probs: np.ndarray, latency_ms: float, **kw: Any) -> LevelOutput:
+        # a saturated sigmoid says 1.0; no learned level is ever *certain*
+        probs = np.clip(probs, 1e-6, 1.0 - 1e-6)
+        probs = probs / probs.sum()
         i = int(np.argmax(probs))
         label = self.labels[i]
         if self.trainable:

@@ -58,7 +58,7 @@ class RedisStore(Store):
         data_dir: Path,
         socket_timeout_s: float = 0.1,
         prefix: str = "cg",
-        demo_maxlen: int = 1_000_000,
+        demo_maxlen: int = 200_000,
         outbox_max: int = 100_000,
     ) -> None:
         super().__init__()
