@@ -35,10 +35,10 @@ def level_record(
     if out.lm is not None and out.lm.hidden is not None:
         rec["hidden"] = encode_vector(out.lm.hidden)
     if decision is not None:
-        rec["decision"] = {
-            "defer": decision.defer,
-            "score": round(decision.score, 6),
-            "explored": explored,
+        rec["decision"] = {  # plain JSON types: a policy may compute these with numpy
+            "defer": bool(decision.defer),
+            "score": round(float(decision.score), 6),
+            "explored": bool(explored),
         }
     return rec
 

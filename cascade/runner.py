@@ -170,6 +170,7 @@ class Cascade:
         temperature: float,
         tenant: str | None,
         messages: list[Message] | None,
+        logprobs: bool = False,
     ) -> tuple[TaskRuntime, Query, tuple[str, str]]:
         rt = self.task(task)
         limit = self.config.defaults.max_input_bytes
@@ -185,6 +186,7 @@ class Cascade:
             max_tokens,
             temperature,
             deadline,
+            want_logprobs=logprobs,
         )
         scope = "shared" if rt.config.shared_cache or tenant is None else f"tenant:{tenant}"
         keys = (
@@ -226,10 +228,11 @@ class Cascade:
         use_cache: bool = True,
         tenant: str | None = None,
         messages: list[Message] | None = None,
+        logprobs: bool = False,
     ) -> Outcome:
         """Answer one request (``messages``: a chat to send instead of the task's prompt)."""
         t0 = time.perf_counter()
-        rt, q, keys = self._start(task, text, max_tokens, temperature, tenant, messages)
+        rt, q, keys = self._start(task, text, max_tokens, temperature, tenant, messages, logprobs)
         if use_cache and (hit := await self._cached(rt, keys, t0)) is not None:
             return hit
         p = Walk(rt, q, uuid.uuid4().hex, tenant, keys if use_cache else None, rt.version)
@@ -247,13 +250,14 @@ class Cascade:
         use_cache: bool = True,
         tenant: str | None = None,
         messages: list[Message] | None = None,
+        logprobs: bool = False,
     ) -> AsyncIterator[StreamEvent]:
         """Events: first the answering level (once known), then text deltas, then the outcome.
 
         A cheaper level's text is only sent once its policy accepted it, so nothing a level
         deferred on leaks to the client; the large LM's text streams as it is generated."""
         t0 = time.perf_counter()
-        rt, q, keys = self._start(task, text, max_tokens, temperature, tenant, messages)
+        rt, q, keys = self._start(task, text, max_tokens, temperature, tenant, messages, logprobs)
         if use_cache and (hit := await self._cached(rt, keys, t0)) is not None:
             yield StreamEvent(level=hit.level, cached=True, overhead_ms=hit.overhead_ms)
             yield StreamEvent(delta=hit.output)

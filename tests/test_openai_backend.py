@@ -263,3 +263,44 @@ def test_replay_file_skips_a_torn_last_line(tmp_path: Path) -> None:
     assert len(replay) == 1
     assert replay.get("big", "k1") == completion("a")
     assert replay.get("big", "k2") is None
+
+
+@pytest.mark.parametrize(
+    ("final", "client_asks", "asked"),
+    [(True, False, False), (True, True, True), (False, False, True)],
+)
+async def test_large_level_asks_for_logprobs_only_when_someone_reads_them(
+    final: bool, client_asks: bool, asked: bool
+) -> None:
+    """A final answer's log-probs feed no policy, and llama.cpp's server generates several
+    times slower with them: asked for only by a client or for a level that can defer."""
+    from cascade.config import LevelConfig, PromptConfig, TaskConfig
+    from cascade.levels import Query
+    from cascade.levels.lm import OpenAILevel
+
+    remote = LevelConfig(name="remote", kind="openai", backend="large", cost=0.5)
+    last = LevelConfig(name="large", kind="openai", backend="large", cost=1.0)
+    task = TaskConfig(kind="generate", prompt=PromptConfig(user="{input}"), levels=[remote, last])
+    tokens = [("Hi", -0.2, {"Hi": -0.2, "Hello": -1.9})]
+    body = completion("Hi", tokens) if asked else completion("Hi")
+    choice = body["choices"][0]
+    chunk = {"choices": [{"delta": {"content": "Hi"}, "logprobs": choice.get("logprobs")}]}
+    sse = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+    for streaming in (False, True):
+        with ScriptedServer([Reply(200, sse if streaming else body)]) as srv:
+            backend = OpenAIBackend(srv.base_url, "big")
+            level = OpenAILevel(last if final else remote, task, backend)
+            q = Query("t", "hello", MSGS, 4, want_logprobs=client_asks)
+            try:
+                if streaming:
+                    outs = [o async for _, o in level.stream(q) if o is not None]
+                    out = outs[-1]
+                else:
+                    out = await level.predict(q)
+            finally:
+                await backend.aclose()
+        assert out.text == "Hi"
+        assert (out.lm is not None and out.lm.has_logprobs) is asked
+        (req,) = srv.seen
+        assert ("logprobs" in req.body) is asked, req.body
+        assert req.body.get("stream", False) is streaming

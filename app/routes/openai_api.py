@@ -77,6 +77,7 @@ async def chat_completions(
         "temperature": body.temperature or 0.0,
         "tenant": who.tenant,
         "messages": messages,
+        "logprobs": body.logprobs,
     }
     created = int(time.time())
     if not body.stream:

@@ -138,7 +138,12 @@ class OpenAIBackend:
             await asyncio.sleep(wait)
 
     def _base_payload(
-        self, messages: list[Message], max_tokens: int, temperature: float, top_logprobs: int
+        self,
+        messages: list[Message],
+        max_tokens: int,
+        temperature: float,
+        top_logprobs: int,
+        logprobs: bool = True,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": self.model,
@@ -146,7 +151,7 @@ class OpenAIBackend:
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
-        if self.want_logprobs:
+        if self.want_logprobs and logprobs:
             payload["logprobs"] = True
             # llama.cpp's server returns no logprobs at all unless top_logprobs >= 1
             payload["top_logprobs"] = max(1, top_logprobs)
@@ -182,12 +187,16 @@ class OpenAIBackend:
         max_tokens: int,
         temperature: float = 0.0,
         deadline: float | None = None,
+        logprobs: bool = True,
     ) -> LMResult:
+        """``logprobs=False`` skips them for a caller that needs none (a final answer)."""
         t0 = time.perf_counter()
-        payload = self._base_payload(messages, max_tokens, temperature, self.top_logprobs)
+        payload = self._base_payload(messages, max_tokens, temperature, self.top_logprobs, logprobs)
         data = await self._post(payload, deadline)
         result = parse_chat_response(data, self.model, None)
-        self._note_logprobs(((data.get("choices") or [{}])[0].get("logprobs") or {}).get("content"))
+        if logprobs:
+            choice = (data.get("choices") or [{}])[0]
+            self._note_logprobs((choice.get("logprobs") or {}).get("content"))
         result.latency_ms = (time.perf_counter() - t0) * 1000
         return result
 
@@ -197,9 +206,10 @@ class OpenAIBackend:
         max_tokens: int,
         temperature: float = 0.0,
         deadline: float | None = None,
+        logprobs: bool = True,
     ) -> AsyncIterator[tuple[str, LMResult | None]]:
         """Yield text deltas as the endpoint streams them, then ("", final result)."""
-        payload = self._base_payload(messages, max_tokens, temperature, self.top_logprobs)
+        payload = self._base_payload(messages, max_tokens, temperature, self.top_logprobs, logprobs)
         payload["stream"] = True
         t0 = time.perf_counter()
         remaining = None if deadline is None else max(0.001, deadline - time.monotonic())

@@ -31,6 +31,9 @@ class Query:
     temperature: float = 0.0
     deadline: float | None = None
     shared: dict[str, Any] = field(default_factory=dict)
+    # the client asked for token log-probabilities (the large LM skips them otherwise: on
+    # llama.cpp's server they make generation several times slower)
+    want_logprobs: bool = False
 
 
 @dataclass

@@ -237,6 +237,11 @@ class OpenAILevel(_LMLevel):
     def __init__(self, cfg: LevelConfig, task: TaskConfig, backend: OpenAIBackend) -> None:
         super().__init__(cfg, task)
         self.backend = backend
+        # the last level's answer is final, so its token log-probs feed no policy
+        self.final = cfg.name == task.levels[-1].name
+
+    def _logprobs(self, q: Query) -> bool:
+        return q.want_logprobs or not self.final
 
     async def stream(self, q: Query) -> AsyncIterator[tuple[str, LevelOutput | None]]:
         if self.task.kind != "generate":
@@ -244,7 +249,7 @@ class OpenAILevel(_LMLevel):
             return
         t0 = time.perf_counter()
         async for delta, r in self.backend.stream(
-            q.messages, q.max_tokens, q.temperature, deadline=q.deadline
+            q.messages, q.max_tokens, q.temperature, q.deadline, self._logprobs(q)
         ):
             if r is not None:
                 yield "", self.to_output(r, (time.perf_counter() - t0) * 1000)
@@ -258,7 +263,7 @@ class OpenAILevel(_LMLevel):
             r = await self.backend.classify(q.messages, self.matcher, deadline=q.deadline)
         else:
             r = await self.backend.generate(
-                q.messages, q.max_tokens, q.temperature, deadline=q.deadline
+                q.messages, q.max_tokens, q.temperature, q.deadline, self._logprobs(q)
             )
         out = self.to_output(r, (time.perf_counter() - t0) * 1000)
         out.embedding = await self.prompt_embedding(q)

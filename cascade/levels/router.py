@@ -60,7 +60,7 @@ class RouterLevel(Level):
         if self.coef is None:
             return None
         z = float((x @ self.coef)[0]) + self.intercept
-        return 1.0 / (1.0 + np.exp(-z))
+        return float(1.0 / (1.0 + np.exp(-z)))
 
     async def predict(self, q: Query) -> LevelOutput:
         t0 = time.perf_counter()

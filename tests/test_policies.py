@@ -1,0 +1,300 @@
+"""Deferral policies on their own (no model, no store): static thresholds, the agreement-target
+operating point, the OCL policy's online learning and state, exploration and the registry."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cascade.stats import wilson
+from policies import Features, PolicyError, ThresholdPolicy, known_policies, make_policy
+from policies.ocl import OCLPolicy, OCLStep, ocl_update
+from policies.operating import wilson_lower
+
+
+def conf(c: float) -> Features:
+    return Features(confidence=c)
+
+
+def probs(*p: float) -> Features:
+    a = np.array(p, dtype=np.float64)
+    return Features(confidence=float(a.max()), probs=a)
+
+
+# ------------------------------------------------------------------ threshold, static
+
+
+def test_static_threshold_decisions() -> None:
+    p = ThresholdPolicy(threshold=0.8)
+    for c, defer in [(0.95, False), (0.8, False), (0.79, True), (0.1, True)]:
+        d = p.decide(conf(c))
+        assert d.defer is defer, c
+        assert d.score == pytest.approx(1.0 - c)
+        assert d.explore is False
+    assert p.explore_probability == 0.0  # a static rule never explores
+    assert p.params()["threshold"] == 0.8
+    assert p.report() == {}
+    p.set_params(threshold=0.5)
+    assert p.decide(conf(0.6)).defer is False
+
+
+# ------------------------------------------------------------------ threshold, agreement target
+
+GRID = np.linspace(0.5, 1.0, 51)  # confidences of the explored items, and of later queries
+
+
+def answer_share(p: ThresholdPolicy) -> float:
+    return float(np.mean([not p.decide(conf(c)).defer for c in GRID]))
+
+
+def fed(target: float, agrees: Callable[[float], bool], rounds: int = 2) -> ThresholdPolicy:
+    p = ThresholdPolicy(target_agreement=target)
+    for _ in range(rounds):
+        for c in GRID:
+            p.update(conf(c), wrong=not agrees(c), explored=True)
+    return p
+
+
+def test_operating_point_needs_explored_samples() -> None:
+    p = ThresholdPolicy(target_agreement=0.9)
+    assert answer_share(p) == 0.0  # nothing known yet: answer nothing
+    for _ in range(29):
+        p.update(conf(0.99), wrong=False, explored=True)
+    assert answer_share(p) == 0.0  # 29 samples: still below the minimum of 30
+    for c in GRID:
+        p.update(conf(c), wrong=False, explored=False)  # not a uniform sample: no evidence
+    assert answer_share(p) == 0.0
+    assert p.explorer.seen == 29 + len(GRID)  # ... but they count for exploration's decay
+    p.update(conf(0.99), wrong=False, explored=True)
+    assert answer_share(p) > 0.0
+
+
+def test_operating_point_follows_agreement() -> None:
+    high = fed(0.9, lambda c: True)  # the level always agrees with the large LM
+    low = fed(0.9, lambda c: False)  # never
+    mixed = fed(0.9, lambda c: c >= 0.8)  # only when it is confident
+    assert answer_share(high) == 1.0
+    assert answer_share(low) == 0.0
+    assert 0.0 < answer_share(mixed) < 1.0
+    # the mixed level answers what it is confident on, and defers the rest
+    assert not mixed.decide(conf(0.95)).defer
+    assert mixed.decide(conf(0.6)).defer
+    # a stricter target answers less, a looser one more (never less)
+    strict, loose = copy.deepcopy(mixed), copy.deepcopy(mixed)
+    strict.set_params(target_agreement=0.99)
+    loose.set_params(target_agreement=0.5)
+    assert answer_share(strict) <= answer_share(mixed) <= answer_share(loose)
+    assert answer_share(loose) > answer_share(mixed)
+    assert mixed.params()["target_agreement"] == 0.9
+    assert 0.0 < mixed.params()["operating_threshold"] < 1.0
+
+
+def test_operating_point_moves_as_samples_arrive() -> None:
+    p = fed(0.9, lambda c: True, rounds=1)
+    before = answer_share(p)
+    assert before == 1.0
+    for _ in range(4):  # then the level starts disagreeing on its less confident answers
+        for c in GRID:
+            p.update(conf(c), wrong=c < 0.75, explored=True)
+    after = answer_share(p)
+    assert 0.0 < after < before
+    assert p.decide(conf(0.7)).defer and not p.decide(conf(0.9)).defer
+
+
+def test_report_exposes_the_estimate_with_a_95_interval() -> None:
+    p = fed(0.9, lambda c: c >= 0.8)
+    est = p.report()["agreement_estimate"]
+    # by hand: the explored items the level answers at its threshold, and how many agreed
+    score_threshold = est["threshold"]
+    xs = [c for c in GRID for _ in range(2)]
+    inside = [c for c in xs if 1.0 - c < score_threshold]
+    agree = sum(c >= 0.8 for c in inside)
+    assert est["n"] == len(inside) > 0
+    assert est["agreement"] == pytest.approx(agree / len(inside))
+    assert est["answer_share"] == pytest.approx(len(inside) / len(xs))
+    low, high = wilson(agree, len(inside))  # the stats module's own Wilson interval
+    assert est["ci95_low"] == pytest.approx(low)
+    assert est["ci95_high"] == pytest.approx(high)
+    assert est["ci95_low"] < est["agreement"] <= est["ci95_high"]
+    # the operating point keeps the (z = 0.5) lower bound at the target
+    assert wilson_lower(agree, len(inside), 0.5) >= 0.9
+    empty = ThresholdPolicy(target_agreement=0.9).report()["agreement_estimate"]
+    assert empty["n"] == 0 and empty["agreement"] is None and empty["ci95_low"] is None
+
+
+def test_threshold_state_round_trip() -> None:
+    p = fed(0.9, lambda c: c >= 0.8)
+    q = ThresholdPolicy(target_agreement=0.9)
+    q.load_state(p.state())
+    assert [q.decide(conf(c)) for c in GRID] == [p.decide(conf(c)) for c in GRID]
+    assert q.explore_probability == p.explore_probability < 1.0
+    # a serving process only ever loads versions: it reports the same estimate as the learner
+    assert q.report() == p.report()
+    assert q.report()["agreement_estimate"]["n"] > 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "words"),
+    [
+        ("threshold", {"threshold": 5}, "between 0 and 1"),
+        ("threshold", {"threshold": -0.1}, "between 0 and 1"),
+        ("threshold", {"target_agreement": 0}, "target_agreement"),
+        ("threshold", {"target_agreement": 1.5}, "target_agreement"),
+        ("threshold", {"treshold": 0.5}, "treshold"),
+        ("ocl", {"mu": -1}, "mu"),
+        ("ocl", {"c": 0.5}, "c must be"),
+        ("ocl", {"target_agreement": 0}, "target_agreement"),
+        ("ocl", {"hidden_units": 3}, "hidden_units"),
+        ("chow_sum", {}, "threshold or a target_agreement"),
+        ("chow_quantile", {"alpha": 2, "threshold": 1}, "alpha"),
+    ],
+)
+def test_invalid_parameters_raise_policy_error(kind: str, params: dict, words: str) -> None:
+    with pytest.raises(PolicyError, match=words):
+        make_policy(kind, **params)
+
+
+@pytest.mark.parametrize("make", [lambda: ThresholdPolicy(0.9), lambda: OCLPolicy()])
+@pytest.mark.parametrize(
+    "params", [{"target_agreement": 0}, {"target_agreement": -1}, {"target_agreement": 2}]
+)
+def test_invalid_targets_set_at_run_time_raise_policy_error(
+    make: Callable[[], object], params: dict
+) -> None:
+    """The admin API validates a change with set_params and answers 422 on PolicyError only."""
+    for with_target in (False, True):
+        p = make()
+        if with_target:
+            p.set_params(target_agreement=0.9)
+        with pytest.raises(PolicyError, match="target_agreement"):
+            p.set_params(**params)
+        if with_target:
+            assert p.params()["target_agreement"] == 0.9  # unchanged
+
+
+def test_unknown_parameter_at_run_time() -> None:
+    with pytest.raises(PolicyError, match="bogus"):
+        ThresholdPolicy().set_params(bogus=1.0)
+    with pytest.raises(PolicyError, match="bogus"):
+        OCLPolicy().set_params(bogus=1.0)
+
+
+# ------------------------------------------------------------------ OCL
+
+
+def test_ocl_warmup_defers() -> None:
+    p = OCLPolicy(warmup=5)
+    confident = probs(0.999, 0.001)
+    for _ in range(5):
+        assert p.decide(confident).defer is True
+        p.update(confident, wrong=False, explored=False)
+    assert p.explorer.seen == 5
+    d = p.decide(confident)
+    assert d.defer is (d.score > 0.5)  # after warm-up the MLP decides
+
+
+def train(p: OCLPolicy, f: Features, label: int, steps: int) -> list[float]:
+    assert f.probs is not None
+    chain = [OCLStep(p, f, next_cost=1.0, probs=f.probs, label=label)]
+    return [ocl_update(chain) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_ocl_update_learns_a_repeated_pattern(right: bool) -> None:
+    p = OCLPolicy(warmup=0, hidden=16, lr=0.01)
+    f = probs(0.8, 0.2)
+    d0 = p.d(f)
+    w0 = {k: v.copy() for k, v in p.state().items()}
+    losses = train(p, f, label=0 if right else 1, steps=60)
+    w1 = p.state()
+    assert any(not np.array_equal(w0[k], w1[k]) for k in w0 if k.startswith("net."))
+    assert losses[-1] < losses[0]
+    d1 = p.d(f)
+    if right:  # the level is always right: answering is cheap and safe, d falls
+        assert d1 < d0 and d1 < 0.5
+        assert p.decide(f).defer is False
+    else:  # always wrong: deferring pays, d rises
+        assert d1 > d0 and d1 > 0.5
+        assert p.decide(f).defer is True
+
+
+def test_ocl_update_without_an_answer_changes_nothing() -> None:
+    p = OCLPolicy(warmup=0, hidden=8)
+    f = probs(0.6, 0.4)
+    before = p.d(f)
+    assert ocl_update([OCLStep(p, None, 1.0)]) == 0.0
+    assert p.d(f) == before
+
+
+def test_ocl_state_round_trip_gives_identical_decisions() -> None:
+    p = OCLPolicy(warmup=3, hidden=16, lr=0.01, target_agreement=0.8)
+    rng = np.random.default_rng(0)
+    xs = [probs(a, 1 - a) for a in rng.uniform(0.5, 1.0, 40)]
+    for f in xs:
+        assert f.probs is not None
+        right = f.confidence > 0.7
+        train(p, f, label=0 if right else 1, steps=1)
+        p.update(f, wrong=not right, explored=True)
+    q = OCLPolicy(warmup=3, hidden=16, lr=0.01, target_agreement=0.8, seed=7)
+    assert [q.d(f) for f in xs] != [p.d(f) for f in xs]  # another seed: other weights
+    q.load_state(p.state())
+    assert [q.decide(f) for f in xs] == [p.decide(f) for f in xs]
+    assert q.params() == p.params()
+    assert q.explorer.seen == p.explorer.seen == 40
+    assert q.report() == p.report() and q.report()["agreement_estimate"]["n"] > 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: OCLPolicy(beta=0.9, explore_floor=0.2), lambda: ThresholdPolicy(0.9, 0.9, 0.9, 0.2)],
+)
+def test_exploration_decays_as_beta_to_the_k_down_to_the_floor(make: Callable[[], object]) -> None:
+    p = make()
+    f = probs(0.7, 0.3)
+    seen = []
+    for k in range(30):
+        seen.append(p.explore_probability)
+        assert p.explore_probability == pytest.approx(max(0.9**k, 0.2))
+        p.update(f, wrong=False, explored=False)
+    assert seen[0] == 1.0 and seen[-1] == 0.2
+    assert all(a >= b for a, b in itertools.pairwise(seen))
+
+
+def test_threshold_with_target_explores_by_default() -> None:
+    p = ThresholdPolicy(target_agreement=0.9)
+    assert p.explore_probability == 1.0
+    p.explorer.seen = 10_000
+    assert p.explore_probability == pytest.approx(0.03)  # the floor keeps the estimate alive
+
+
+# ------------------------------------------------------------------ registry
+
+
+def test_unknown_kind_names_the_known_kinds() -> None:
+    """In a fresh interpreter, before any lazily imported policy module was loaded."""
+    code = (
+        "from policies import make_policy, PolicyError\n"
+        "try:\n    make_policy('nope')\nexcept PolicyError as e:\n    print(e)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=root,
+    ).stdout
+    assert "'nope'" in out
+    for kind in known_policies():
+        assert kind in out, (kind, out)
+    with pytest.raises(PolicyError, match="unknown policy kind 'nope'"):
+        make_policy("nope")
+    assert {"threshold", "ocl", "chow_sum", "posthoc_quantile"} <= set(known_policies())
