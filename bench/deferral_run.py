@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from bench.deferral import best_simple, rule_rows
-from bench.harness import ANNOTATIONS, BenchContext, Progress, quiet_llama, run_stream
+from bench.harness import (
+    ANNOTATIONS,
+    BenchContext,
+    Progress,
+    load_bench_config,
+    quiet_llama,
+    run_stream,
+)
 from bench.streams import Item, Stream, trec_questions
 from cascade.config import LevelConfig, TaskConfig
 from cascade.levels import Query, build_level
@@ -116,7 +123,7 @@ async def deferral_bench(args: DeferralArgs) -> dict[str, Any]:
     with local_large_llm(settings.models_dir, settings.data_dir, enabled=need_server) as url:
         if url:
             os.environ["LLM_BASE_URL"] = url
-        config = load_config(args.config or settings.config_path)
+        config = load_bench_config(args.config or settings.config_path)
         task = config.tasks[args.task]
         ctx = BenchContext(config, settings.models_dir, replay, stream.name)
         small = task.levels[-2].name
@@ -172,7 +179,8 @@ async def _level_seconds(
     saved, big.cache = big.cache, None
     t0 = time.perf_counter()
     for t in texts:
-        await big.generate(_messages(task, t), task.max_tokens)
+        # as the cascade calls it: a final answer asks for no log-probs (they cost ~3x here)
+        await big.generate(_messages(task, t), task.max_tokens, logprobs=False)
     big.cache = saved
     out[task.levels[-1].name] = (time.perf_counter() - t0) / n
     return out
@@ -191,7 +199,9 @@ async def _prerouter(
     """The cascade as configured, then with a pre-router: cost and quality of both."""
     large_name = task.levels[-1].name
     embed = _level(task, small).params.get("embed")
-    variants = {"without": task, "with": router_task(task, small, args.router_threshold, embed)}
+    # the configured task may have a router already: compare it bare, and with one router
+    bare = task.model_copy(update={"levels": [lc for lc in task.levels if lc.kind != "router"]})
+    variants = {"without": bare, "with": router_task(bare, small, args.router_threshold, embed)}
     out: dict[str, Any] = {"router_threshold": args.router_threshold}
     for name, t in variants.items():
         res = await run_stream(ctx, t, stream, label=f"cascade {name} pre-router")

@@ -35,6 +35,23 @@ CACHE = BENCH_DIR / "cache"
 ROOT = BENCH_DIR.parent
 
 
+def load_bench_config(path: Path | str) -> Config:
+    """The configuration with patient large-LM calls: a bench queues thousands of requests on
+    one busy llama.cpp server, where a timed-out retry only queues another copy of the work."""
+    from cascade.config import OpenAIBackend, load_config
+
+    config = load_config(path)
+    backends = {
+        name: b.model_copy(update={"timeout_s": max(b.timeout_s, 600.0)})
+        if isinstance(b, OpenAIBackend)
+        else b
+        for name, b in config.backends.items()
+    }
+    wait = max(config.defaults.request_timeout_s, 1800.0)
+    defaults = config.defaults.model_copy(update={"request_timeout_s": wait})
+    return config.model_copy(update={"backends": backends, "defaults": defaults})
+
+
 class Progress:
     """One line of progress on stderr, rewritten in place on a terminal."""
 

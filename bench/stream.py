@@ -203,7 +203,7 @@ async def stream_bench(args: StreamBenchArgs) -> dict[str, Any]:
     import os
 
     from app.settings import Settings
-    from bench.harness import ANNOTATIONS, Progress, quiet_llama
+    from bench.harness import ANNOTATIONS, Progress, load_bench_config, quiet_llama
     from cascade.config import load_config
     from cascade.llm_server import local_large_llm
     from cascade.replay import ReplayFile
@@ -228,7 +228,10 @@ async def stream_bench(args: StreamBenchArgs) -> dict[str, Any]:
     with local_large_llm(models_dir, settings.data_dir, enabled=need_server) as url:
         if url:
             os.environ["LLM_BASE_URL"] = url
-        config = load_config(args.config or settings.config_path)
+        elif not settings.llm_base_url:
+            # every answer is recorded: nothing should reach a server, and a miss fails loudly
+            os.environ["LLM_BASE_URL"] = "http://127.0.0.1:9/v1"
+        config = load_bench_config(args.config or settings.config_path)
         template = stream.task_config(config.tasks[args.task])
         ctx = BenchContext(config, models_dir, replay, stream.name)
         rows: list[dict[str, Any]] = []

@@ -335,9 +335,14 @@ async def test_openai_answer_outside_labels_is_invalid(smol_http: OpenAIBackend)
 
 
 async def test_openai_generate(smol_http: OpenAIBackend) -> None:
-    out = await openai_level(CHAT, smol_http).predict(query(CHAT, "What is the capital of France?"))
+    level = openai_level(CHAT, smol_http)
+    q = query(CHAT, "What is the capital of France?")
+    plain = await level.predict(q)  # a final answer nobody reads log-probs of: none asked
+    assert plain.text.strip() and plain.lm is not None and not plain.lm.has_logprobs
+    q.want_logprobs = True  # a client asked for them
+    out = await level.predict(q)
     lm = out.lm
-    assert out.text.strip()
+    assert out.text.strip() == plain.text.strip()
     assert lm.has_logprobs and out.extra["has_logprobs"] == 1.0
     assert 1 <= len(lm.token_logprobs) <= CHAT.max_tokens
     assert all(lp <= 0.0 for lp in lm.token_logprobs)
