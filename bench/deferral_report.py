@@ -101,9 +101,10 @@ item before it is learned from. Best simple rule: `{payload["best_simple_rule"]}
 ### Pre-router
 
 A router (logistic regression on hashed n-grams and the prompt's MiniLM embedding, learned
-online) sends a prompt straight to the large LM when it predicts P(small answer acceptable) <
-{pr["router_threshold"]}. Same stream, same deferral rule, with and without it. Seconds per call
-measured live: {secs}.
+online from importance-weighted demonstrations) sends a prompt straight to the large LM when it
+predicts P(the small level's policy accepts its answer) < {pr["router_threshold"]}. Same
+stream, same deferral rule, without any router and with one. Seconds per call measured live:
+{secs}.
 
 {pre}
 

@@ -22,9 +22,14 @@ def decode_vector(s: str) -> np.ndarray:
 
 
 def level_record(
-    out: LevelOutput, features: Features, decision: Decision | None, explored: bool = False
+    out: LevelOutput,
+    features: Features,
+    decision: Decision | None,
+    explored: bool = False,
+    explore_p: float = 0.0,
 ) -> dict[str, Any]:
-    """One cheaper level's prediction as stored in a demonstration."""
+    """One cheaper level's prediction as stored in a demonstration. ``explore_p``: the chance
+    this request had of exploring, so a learner can weight what it saw back to all traffic."""
     rec: dict[str, Any] = {
         "label": out.label,
         "text": out.text,
@@ -39,6 +44,7 @@ def level_record(
             "defer": bool(decision.defer),
             "score": round(float(decision.score), 6),
             "explored": bool(explored),
+            "explore_p": round(float(explore_p), 6),
         }
     return rec
 

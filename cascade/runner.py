@@ -388,6 +388,7 @@ class Cascade:
                 features_of(o, p.outputs[:j]),
                 p.decisions.get(o.name),
                 p.explored_at.get(o.name, False),
+                p.explore_p,
             )
             for j, o in enumerate(p.outputs)
             if o.name != rt.large.name

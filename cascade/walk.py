@@ -37,6 +37,7 @@ class Walk:
     deltas: dict[str, float] = field(default_factory=dict)
     cost: float = 0.0
     exploring: bool = False
+    explore_p: float = 0.0  # the coin's probability for this request
     answer: LevelOutput | None = None
     large_failed: str | None = None
     skip_next: bool = False
@@ -47,6 +48,7 @@ async def walk_cheap_levels(p: Walk) -> None:
     # one exploration coin per request: an explored item runs every level, and goes on to
     # the large LM whatever they say, so each level sees a uniform sample of its traffic
     want = max((pol.explore_probability for pol in p.rt.policies if pol is not None), default=0)
+    p.explore_p = want
     p.exploring = want > 0 and p.rt.rng.random() < want
     i = 0
     while i < len(p.rt.levels) - 1:

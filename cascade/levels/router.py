@@ -1,10 +1,17 @@
 """The pre-router: before any LM runs, predict whether the next level's answer will be accepted.
 
 Routing and cascading together: a logistic regression on prompt features (hashed n-grams,
-plus a sentence embedding when ``params.embed`` names an encoder) estimates P(the next LM's
-answer is acceptable). When its policy is confident it will not be (P below the threshold),
-the request skips that LM and goes straight to the large LM, saving the small LM's cost. It
-learns online from the same demonstrations: whether the next level's answer was acceptable.
+plus a sentence embedding when ``params.embed`` names an encoder) estimates P(the next level's
+policy accepts its answer). When it is confident it will not (P below the threshold), the
+request skips that LM and goes straight to the large LM, saving the small LM's cost on an
+answer that would have been deferred anyway.
+
+It learns online from the same demonstrations, which over-represent deferred items: every
+deferral reaches the large LM, but an accepted answer only when the request explored. Each
+sample is weighted by 1 / P(it became a demonstration) (the exploration coin's probability,
+recorded with it), so the router learns the acceptance rate of all traffic, not of the
+demonstrations. Without exploration the weights are unknown and it falls back to learning
+whether the answer was acceptable to the task's quality measure.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ class RouterLevel(Level):
         self.clf: SGDClassifier | None = None
         self.coef: np.ndarray | None = None
         self.intercept = 0.0
-        self._buffer: list[tuple[str, np.ndarray | None, int]] = []
+        self._buffer: list[tuple[str, np.ndarray | None, int, float]] = []
 
     def _x(self, texts: list[str], embs: list[np.ndarray | None]) -> sparse.csr_matrix:
         x = self.vectorizer.transform(texts)
@@ -76,23 +83,35 @@ class RouterLevel(Level):
             return LevelOutput(self.name, "", ready=False, latency_ms=ms)
         return LevelOutput(self.name, "", confidence=p, latency_ms=ms, extra={"p_accept": p})
 
+    def _sample(self, d: Demo) -> tuple[int, float] | None:
+        """(accepted, weight) for one demonstration, or None when it says nothing."""
+        rec = d.levels.get(self.target) or {}
+        dec = rec.get("decision")
+        p = float((dec or {}).get("explore_p", 0.0))
+        if dec is None or p <= 0.0:
+            return (int(bool(rec["acceptable"])), 1.0) if "acceptable" in rec else None
+        routed = bool(((d.levels.get(self.name) or {}).get("decision") or {}).get("defer"))
+        accepted = not dec["defer"]
+        # an accepted answer, or any answer past a routing skip, was seen only by exploring
+        return int(accepted), (1.0 / max(p, 0.01)) if accepted or routed else 1.0
+
     def learn(self, demos: list[Demo]) -> bool:
         for d in demos:
-            rec = d.levels.get(self.target) or {}
-            if "acceptable" in rec:
-                self._buffer.append((d.text, d.embedding, int(bool(rec["acceptable"]))))
+            if (sample := self._sample(d)) is not None:
+                self._buffer.append((d.text, d.embedding, *sample))
         changed = False
         while len(self._buffer) >= self.batch_size:
             batch, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size :]
-            x = self._x([t for t, _, _ in batch], [e for _, e, _ in batch])
-            y = np.array([a for _, _, a in batch])
+            x = self._x([b[0] for b in batch], [b[1] for b in batch])
+            y = np.array([b[2] for b in batch])
+            w = np.array([b[3] for b in batch])
             if self.clf is None:
                 self.clf = SGDClassifier(loss="log_loss", alpha=self.alpha, random_state=0)
                 if self.coef is not None:  # resume from published coefficients
                     self.clf.partial_fit(x[:1], y[:1], classes=np.array([0, 1]))
                     self.clf.coef_ = self.coef[None].astype(np.float64)
                     self.clf.intercept_ = np.array([self.intercept])
-            self.clf.partial_fit(x, y, classes=np.array([0, 1]))
+            self.clf.partial_fit(x, y, classes=np.array([0, 1]), sample_weight=w)
             self.coef = self.clf.coef_[0].astype(np.float32)
             self.intercept = float(self.clf.intercept_[0])
             self.updates += 1
