@@ -12,8 +12,11 @@ import pytest
 
 from cascade.backends.base import LMResult
 from cascade.backends.llama import LlamaBackend
+from cascade.config import LevelConfig, PromptConfig, TaskConfig
 from cascade.levels import LevelOutput
+from cascade.levels.base import Demo
 from cascade.levels.lm import sequence_confidence
+from cascade.levels.router import RouterLevel
 from cascade.quality import QualityMeasure, exact_match, rouge_l, token_f1
 from cascade.runtime import features_of
 from policies import Features, make_policy
@@ -258,3 +261,35 @@ def test_cosine_with_minilm(shared_backends: dict[str, object]) -> None:
     assert q.acceptable(para, ref) and not q.acceptable(other, ref)
     both = q.scores([para, other], [ref, ref])
     assert both.tolist() == pytest.approx([s_para, s_other], abs=1e-5)
+
+
+def _router_demo(i: int, text: str, defer: bool, p: float, routed: bool = False) -> Demo:
+    small = {"text": "x", "decision": {"defer": defer, "score": 0.5, "explore_p": p}}
+    router = {"decision": {"defer": routed, "score": 0.5, "explore_p": p}}
+    return Demo(f"0-{i}", text, None, "y", {"router": router, "small": small})
+
+
+def test_router_weights_demonstrations_back_to_all_traffic() -> None:
+    """Demonstrations hold every deferral but an accepted answer only when the request
+    explored (here 1 in 10): each accepted one stands for 10 requests."""
+    cfg = LevelConfig(name="router", kind="router", cost=0.0001, params={"batch_size": 8})
+    task = TaskConfig(
+        kind="generate",
+        prompt=PromptConfig(user="{input}"),
+        levels=[cfg, LevelConfig(name="small", kind="openai", backend="x", cost=0.5)],
+    )
+    router = RouterLevel(cfg, task, target="small")
+    assert router._sample(_router_demo(0, "q", defer=True, p=0.1)) == (0, 1.0)
+    assert router._sample(_router_demo(0, "q", defer=False, p=0.1)) == (1, pytest.approx(10.0))
+    # past a routing skip only exploring requests reach the small level at all
+    assert router._sample(_router_demo(0, "q", True, 0.1, routed=True)) == (0, pytest.approx(10))
+    # no exploration recorded: fall back to the quality verdict, unweighted
+    old = Demo("0-0", "q", None, "y", {"small": {"text": "x", "acceptable": True}})
+    assert router._sample(old) == (1, 1.0)
+    assert router._sample(Demo("0-0", "q", None, "y", {})) is None
+
+    # and the weighted samples reach the classifier
+    demos = [_router_demo(i, f"question {i}", defer=i % 4 == 0, p=0.1) for i in range(8)]
+    assert router.learn(demos) and router.updates == 1
+    p = router.p_accept(router._x(["question 1"], [None]))
+    assert p is not None and 0.0 < p < 1.0
