@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +59,10 @@ def local_llm(settings: Settings, config: Config, enabled: bool = True) -> Itera
         raise SystemExit(2) from None
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -85,6 +90,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # uvicorn re-raises SIGTERM after its graceful shutdown; with the default handler that
+    # kills this process on the spot and leaves the llama.cpp server running, orphaned
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with local_llm(settings, config, enabled=not args.no_llm_server):
         # workers re-read the settings and the config from the environment
         uvicorn.run(

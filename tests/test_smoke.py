@@ -21,3 +21,89 @@ async def test_sentiment_end_to_end(tmp_path: Path, config_path: Path, redis_pre
         assert r2.json()["cached"] is True
         stats = (await client.get("/admin/stats")).json()
         assert stats["tasks"]["sentiment"]["requests"] == 2
+
+
+def test_serve_stops_its_llm_server_on_sigterm(tmp_path: Path) -> None:
+    """`serve` starts llama.cpp's server for a large LM without an endpoint, and a SIGTERM
+    (what docker stop, systemd and Ctrl-C in a supervisor send) stops it too: uvicorn
+    re-raises the signal after its shutdown, which used to kill serve before its cleanup."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import yaml
+
+    from cascade.llm_server import free_port
+    from tests.conftest import MODELS, SMOL
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                # no endpoint: serve starts one and sets LLM_BASE_URL
+                "backends": {
+                    "large": {"kind": "openai", "model": "smol", "base_url": "${LLM_BASE_URL}"}
+                },
+                "tasks": {
+                    "sentiment": {
+                        "kind": "classify",
+                        "labels": ["positive", "negative"],
+                        "prompt": {"user": "{input} Positive or negative?"},
+                        "levels": [
+                            {"name": "large", "kind": "openai", "backend": "large", "cost": 1}
+                        ],
+                    }
+                },
+            }
+        )
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "CASCADE_MODELS_DIR": str(MODELS),
+        "CASCADE_DATA_DIR": str(tmp_path / "data"),
+        "CASCADE_LOCAL_LLM_MODEL": str(MODELS / SMOL),
+        "LLM_MODEL": "smol",
+    }
+    env.pop("LLM_BASE_URL", None)
+    env.pop("REDIS_URL", None)
+    exe = Path(sys.executable).with_name("cascade-gateway")
+    serve = subprocess.Popen(
+        [str(exe), "serve", "--config", str(config), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert serve.poll() is None, "serve exited early"
+            time.sleep(0.2)
+        else:
+            raise AssertionError("serve never became ready")
+        kids = subprocess.run(
+            ["pgrep", "-P", str(serve.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert kids, "serve started no llama.cpp server"
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=30)
+        for pid in map(int, kids):
+            for _ in range(150):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"llama.cpp server {pid} outlived serve")
+    finally:
+        if serve.poll() is None:
+            serve.kill()
