@@ -36,6 +36,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         out=Path(args.out) if args.out else None,
         timing=not args.no_timing,
         write_doc=not args.no_doc,
+        url=args.url,
+        large_level=args.large_level,
     )
     if args.mu is not None:
         sargs.mu = args.mu
@@ -163,6 +165,12 @@ def _add_stream(bsub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         help="also run the learning cascade with these static thresholds",
     )
     s.add_argument("--distill-n", type=int, help="labels for distillation (default: 10%%)")
+    s.add_argument(
+        "--url",
+        help="drive a running gateway over HTTP (e.g. http://127.0.0.1:8000) instead of "
+        "in-process; API key from CASCADE_API_KEY",
+    )
+    s.add_argument("--large-level", default="large", help="with --url: the last level's name")
     s.add_argument("--out", help="write the JSON results here")
     s.add_argument("--no-timing", action="store_true", help="skip the live per-level timing")
     s.add_argument("--no-doc", action="store_true", help="do not rewrite docs/BENCHMARKS.md")

@@ -125,12 +125,14 @@ async def run_stream(
     then_threshold: float | None = None,
     label: str = "run",
     progress_every: int = 250,
+    learner_stats: dict[str, float] | None = None,
 ) -> list[ItemResult]:
     """Answer every item of ``stream`` in order with a fresh cascade for ``task``.
 
     ``freeze_after`` (distillation): the first N items all go to the large LM (the cheap
     levels run, so their demonstrations carry their features), the learner trains on them,
     then learning stops and the policies' thresholds become ``then_threshold``.
+    ``learner_stats`` receives the seconds the learner spent and the demonstrations it took.
     """
     config = ctx.config.model_copy(update={"tasks": {"bench": task}})
     pool = ctx.pool
@@ -161,6 +163,7 @@ async def run_stream(
     prog = Progress(label, len(stream.items), progress_every)
     llm_name = task.levels[-1].name
     correct = 0
+    learn_s = 0.0
     for i, item in enumerate(stream.items):
         try:
             out = await cascade.run("bench", item.text, use_cache=False)
@@ -181,8 +184,10 @@ async def run_stream(
         )
         correct += out.label == item.label
         if learner is not None and (freeze_after is None or i < freeze_after):
+            t_learn = time.perf_counter()
             while await learner.step("bench", block_ms=0):
                 pass
+            learn_s += time.perf_counter() - t_learn
             if learner.published.get("bench", 0) > cascade.tasks["bench"].version:
                 await cascade.refresh()
         if learner is not None and freeze_after is not None and i + 1 == freeze_after:
@@ -193,6 +198,9 @@ async def run_stream(
                     pol.set_params(threshold=then_threshold)
         share = sum(r.llm_called for r in results) / len(results)
         prog.update(i + 1, acc=correct / len(results), llm_share=share)
+    if learner is not None and learner_stats is not None:
+        learner_stats["seconds"] = learn_s
+        learner_stats["demos"] = float(learner.learners["bench"].demos)
     await store.close()
     return results
 

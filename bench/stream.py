@@ -177,6 +177,8 @@ class StreamBenchArgs:
     out: Path | None = None
     timing: bool = True
     write_doc: bool = True
+    url: str | None = None  # drive a running gateway over HTTP instead
+    large_level: str = "large"
 
 
 def load_stream(args: StreamBenchArgs, models_dir: Path) -> Stream:
@@ -213,6 +215,8 @@ async def stream_bench(args: StreamBenchArgs) -> dict[str, Any]:
     stream = load_stream(args, models_dir)
     if len(stream.labels) < 2:
         raise ValueError("the stream needs at least two labels (--labels or a label field)")
+    if args.url:
+        return await _over_http(args, stream)
     base = load_config(args.config or settings.config_path)
     template = stream.task_config(base.tasks[args.task])
     replay = ReplayFile(ANNOTATIONS, write_name=f"{stream.name}.{_large_model(base, template)}")
@@ -268,9 +272,14 @@ async def stream_bench(args: StreamBenchArgs) -> dict[str, Any]:
                     label=spec.label,
                 )
             else:
-                res = await run_stream(ctx, task, stream, label=spec.label)
+                res = await run_stream(
+                    ctx, task, stream, label=spec.label, learner_stats=(ls := {})
+                )
             row = summarise(spec, res, stream, llm_labels, seconds, llm_name)
             row["run_s"] = round(time.perf_counter() - t0, 1)
+            if spec.system == "cascade" and ls.get("seconds"):
+                # demonstrations the learner absorbs per second of its own work
+                row["learner_demos_per_s"] = round(ls["demos"] / ls["seconds"], 1)
             rows.append(row)
             overall.update(n, acc=row["accuracy"], llm_share=row["llm_share"])
     payload = {
@@ -288,6 +297,24 @@ async def stream_bench(args: StreamBenchArgs) -> dict[str, Any]:
         from bench.stream_report import write_stream_report
 
         write_stream_report(payload, args)
+    return payload
+
+
+async def _over_http(args: StreamBenchArgs, stream: Stream) -> dict[str, Any]:
+    from bench.stream_http import run_stream_http, summarise_http
+
+    assert args.url is not None
+    print(f"stream {stream.name}: {len(stream.items)} items to {args.url}", flush=True)
+    res = await run_stream_http(args.url, args.task, stream, args.large_level)
+    payload = {
+        "stream": stream.name,
+        "items": len(stream.items),
+        "labels": stream.labels,
+        "seed": args.seed,
+        "runs": [summarise_http(res, stream, args.url)],
+    }
+    if args.out is not None:
+        write_json(args.out, payload)
     return payload
 
 

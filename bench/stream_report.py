@@ -116,6 +116,28 @@ def write_stream_report(payload: dict[str, Any], args: Any) -> None:
             else f"--stream {payload['stream']}"
         )
         + f" --limit {payload['items']} --seed {payload['seed']}"
+        + "".join(
+            f" --{flag} " + (",".join(f"{v:g}" for v in values) or "''")
+            for flag, values in (
+                ("thresholds", args.thresholds),
+                ("mu", args.mu),
+                ("target-agreement", args.target_agreement),
+            )
+        )
+    )
+    rates = [r["learner_demos_per_s"] for r in rows if r.get("learner_demos_per_s")]
+    large_s = secs.get(payload.get("large_level", "large"))
+    learner = (
+        f"Learner throughput: {min(rates):,.0f}-{max(rates):,.0f} demonstrations per second of "
+        "its own work (logistic, encoder head, probe and policy updates, version publishing), "
+        + (
+            f"against one demonstration per {large_s:.2f} s from the large LM: a margin of "
+            f"{min(rates) * large_s:,.0f}x."
+            if large_s
+            else "."
+        )
+        if rates
+        else ""
     )
     body = f"""## Stream: {payload["stream"]} ({payload["items"]} items)
 
@@ -129,5 +151,7 @@ over the large LM alone (seconds per call: {", ".join(f"{k} {v:.4f}" for k, v in
 ![accuracy vs large-LM share]({png})
 
 {table}
+
+{learner}
 """
     write_section(f"stream:{payload['stream']}", body)

@@ -1,0 +1,57 @@
+"""`bench stream --url`: a labelled stream driven over real HTTP through a running gateway."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from bench.stream import StreamBenchArgs, stream_bench
+from cascade.llm_server import LocalLLMServer
+from tests.live import live_gateway
+
+REVIEWS = [
+    ("a brilliant and beautiful film with great music", "positive"),
+    ("awful, boring, terrible script", "negative"),
+    ("a brilliant and beautiful film with great cast", "positive"),
+    ("awful, boring, terrible plot", "negative"),
+    ("a brilliant and beautiful film with great humor", "positive"),
+    ("awful, boring, terrible editing", "negative"),
+]
+
+
+async def test_stream_bench_drives_a_running_gateway(
+    tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer
+) -> None:
+    data = tmp_path / "reviews.csv"
+    with data.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(REVIEWS)
+    out = tmp_path / "out.json"
+    with live_gateway(tmp_path / "gw", shared_backends, smol_server.base_url) as live:
+        args = StreamBenchArgs(
+            stream=None,
+            file=data,
+            labels=["positive", "negative"],
+            prompt="Review: {input}\n\nIs this review positive or negative?",
+            limit=None,
+            url=live.url,
+            out=out,
+            write_doc=False,
+        )
+        payload = await stream_bench(args)
+        gw = live.app.state.gateway
+        await gw.store.flush_counters()
+        stats = await gw.store.read_counters("sentiment")
+    assert json.loads(out.read_text()) == payload
+    assert payload["items"] == len(REVIEWS)
+    (run,) = payload["runs"]
+    assert run["system"] == "gateway" and run["url"] == live.url
+    # every item reached the gateway, in order, and was answered or counted as an error
+    assert stats["requests"] == len(REVIEWS)
+    answered = round(sum(run["answered_by"].values()) * len(REVIEWS))
+    assert answered == len(REVIEWS)
+    assert run["answered_by"].get("error", 0) * len(REVIEWS) == run["errors"]
+    assert 0.0 <= run["accuracy"] <= 1.0 and 0.0 <= run["llm_share"] <= 1.0
+    assert abs(run["cost_ratio"] * len(REVIEWS) - run["cost"]) < 1e-2
