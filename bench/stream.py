@@ -66,14 +66,17 @@ def task_for(spec: RunSpec, template: TaskConfig) -> TaskConfig:
         )
     # ours: keep each level's configured policy, set the swept knob on learned ones
     out = []
-    for lc in cheap:
+    for i, lc in enumerate(cheap):
         pol = lc.policy.model_dump(exclude_none=True)
         if spec.knob == "mu":  # the paper's policy, on the same (learning) levels
             pol = {"kind": "ocl", "mu": spec.value, "extras": ["agree_prev", "zs_agree"]}
         elif spec.knob == "target_agreement":
-            # the swept target never lowers a level's own, stricter one (the cheapest levels
-            # are configured to answer only when nearly sure; the sweep moves the small LM's)
-            pol["target_agreement"] = max(spec.value or 0.0, pol.get("target_agreement") or 0.0)
+            # the sweep moves the last cheap level's target (the small LM's), and never lowers
+            # the cheaper levels' own, stricter ones (they answer only when nearly sure)
+            own = pol.get("target_agreement") or 0.0
+            pol["target_agreement"] = (
+                spec.value if i == len(cheap) - 1 else max(spec.value or 0.0, own)
+            )
         elif spec.knob == "threshold" and pol.get("kind") == "threshold":
             pol.pop("target_agreement", None)  # learned levels, static thresholds
             pol["threshold"] = spec.value
