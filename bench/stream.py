@@ -27,7 +27,7 @@ from cascade.config import LevelConfig, TaskConfig, ThresholdPolicyConfig
 
 @dataclass
 class RunSpec:
-    system: str  # cascade | llm_only | threshold | distill
+    system: str  # cascade | llm_only | threshold | distill | gateway (over HTTP)
     knob: str | None = None  # "mu" | "target_agreement" | "threshold"
     value: float | None = None
 
@@ -88,14 +88,19 @@ def summarise(
     spec: RunSpec,
     results: list[ItemResult],
     stream: Stream,
-    llm_labels: list[str | None],
+    llm_labels: list[str | None] | None,
     level_seconds: dict[str, float],
     llm_name: str,
 ) -> dict[str, Any]:
+    """One run's figures; ``llm_labels`` None (the large LM's label for every item is not
+    known, as over HTTP) leaves agreement out."""
     n = len(results)
     truth = [it.label for it in stream.items]
     acc = np.mean([r.label == t for r, t in zip(results, truth, strict=True)])
-    agree = np.mean([r.label == g for r, g in zip(results, llm_labels, strict=True)])
+    agree = None
+    if llm_labels is not None:
+        same = [r.label == g for r, g in zip(results, llm_labels, strict=True)]
+        agree = round(float(np.mean(same)), 4)
     share = np.mean([r.llm_called for r in results])
     cost = float(sum(r.cost for r in results))
     wall = sum(sum(level_seconds.get(name, 0.0) for name in r.levels_run) for r in results)
@@ -108,7 +113,7 @@ def summarise(
         row[spec.knob] = spec.value
     row.update(
         accuracy=round(float(acc), 4),
-        agreement=round(float(agree), 4),
+        agreement=agree,
         llm_share=round(float(share), 4),
         cost=round(cost, 3),
         cost_ratio=round(cost / n, 4),  # the large LM alone costs 1 per item
@@ -291,6 +296,7 @@ async def stream_bench(args: StreamBenchArgs) -> dict[str, Any]:
         "labels": stream.labels,
         "seed": args.seed,
         "seconds_per_call": seconds,
+        "large_level": llm_name,
         "distill_n": args.distill_n,
         "runs": rows,
     }
@@ -304,7 +310,7 @@ async def stream_bench(args: StreamBenchArgs) -> dict[str, Any]:
 
 
 async def _over_http(args: StreamBenchArgs, stream: Stream) -> dict[str, Any]:
-    from bench.stream_http import run_stream_http, summarise_http
+    from bench.stream_http import run_stream_http
 
     assert args.url is not None
     print(f"stream {stream.name}: {len(stream.items)} items to {args.url}", flush=True)
@@ -314,7 +320,12 @@ async def _over_http(args: StreamBenchArgs, stream: Stream) -> dict[str, Any]:
         "items": len(stream.items),
         "labels": stream.labels,
         "seed": args.seed,
-        "runs": [summarise_http(res, stream, args.url)],
+        "runs": [
+            {
+                **summarise(RunSpec("gateway"), res, stream, None, {}, args.large_level),
+                "url": args.url,
+            }
+        ],
     }
     if args.out is not None:
         write_json(args.out, payload)

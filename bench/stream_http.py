@@ -8,7 +8,6 @@ that gateway runs can be measured this way: the baselines need the in-process ha
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import httpx
 import numpy as np
@@ -41,28 +40,3 @@ async def run_stream_http(
             share = float(np.mean([res.llm_called for res in results]))
             prog.update(i, acc=correct / i, llm_share=share)
     return results
-
-
-def summarise_http(results: list[ItemResult], stream: Stream, url: str) -> dict[str, Any]:
-    """Accuracy, large-LM share and cost of the gateway's run; agreement needs the large LM's
-    label for every item, so it is left out (the gateway reports it per level itself)."""
-    n = len(results)
-    answered: dict[str, int] = {}
-    for r in results:
-        answered[r.level] = answered.get(r.level, 0) + 1
-    return {
-        "system": "gateway",
-        "url": url,
-        "accuracy": round(
-            float(
-                np.mean([r.label == it.label for r, it in zip(results, stream.items, strict=True)])
-            ),
-            4,
-        ),
-        "agreement": None,
-        "llm_share": round(float(np.mean([r.llm_called for r in results])), 4),
-        "cost": round(float(sum(r.cost for r in results)), 3),
-        "cost_ratio": round(float(sum(r.cost for r in results)) / n, 4),
-        "answered_by": {k: round(v / n, 4) for k, v in sorted(answered.items())},
-        "errors": sum(r.error is not None for r in results),
-    }

@@ -126,12 +126,12 @@ def write_stream_report(payload: dict[str, Any], args: Any) -> None:
         )
     )
     rates = [r["learner_demos_per_s"] for r in rows if r.get("learner_demos_per_s")]
-    large_s = secs.get(payload.get("large_level", "large"))
+    large_s = secs.get(payload["large_level"])
     learner = (
         f"Learner throughput: {min(rates):,.0f}-{max(rates):,.0f} demonstrations per second of "
-        "its own work (logistic, encoder head, probe and policy updates, version publishing), "
+        "its own work (logistic, encoder head, probe and policy updates, version publishing)"
         + (
-            f"against one demonstration per {large_s:.2f} s from the large LM: a margin of "
+            f", against one demonstration per {large_s:.2f} s from the large LM: a margin of "
             f"{min(rates) * large_s:,.0f}x."
             if large_s
             else "."

@@ -157,10 +157,10 @@ class OpenAIBackend:
             payload["top_logprobs"] = max(1, top_logprobs)
         return payload
 
-    def _note_logprobs(self, content: list[Any] | None) -> None:
+    def _note_logprobs(self, has_logprobs: bool) -> None:
         if self.want_logprobs and self.logprobs_supported is None:
-            self.logprobs_supported = bool(content)
-            if not content:
+            self.logprobs_supported = has_logprobs
+            if not has_logprobs:
                 log.warning(
                     "%s at %s returns no logprobs: deferral rules fall back to what is available",
                     self.model,
@@ -177,7 +177,7 @@ class OpenAIBackend:
         payload = self._base_payload(messages, 1, 0.0, CLASSIFY_TOP_LOGPROBS)
         data = await self._post(payload, deadline)
         result = parse_chat_response(data, self.model, matcher)
-        self._note_logprobs(((data.get("choices") or [{}])[0].get("logprobs") or {}).get("content"))
+        self._note_logprobs(result.has_logprobs)
         result.latency_ms = (time.perf_counter() - t0) * 1000
         return result
 
@@ -195,8 +195,7 @@ class OpenAIBackend:
         data = await self._post(payload, deadline)
         result = parse_chat_response(data, self.model, None)
         if logprobs:
-            choice = (data.get("choices") or [{}])[0]
-            self._note_logprobs((choice.get("logprobs") or {}).get("content"))
+            self._note_logprobs(result.has_logprobs)
         result.latency_ms = (time.perf_counter() - t0) * 1000
         return result
 
