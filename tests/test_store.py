@@ -326,3 +326,23 @@ async def test_buffered_demos_survive_a_gateway_restart(
     finally:
         await second.close()
         client.close()
+
+
+async def test_reconnects_at_once_after_a_redis_restart(
+    tmp_path: Path, private_redis: RedisServer
+) -> None:
+    """Pooled connections go stale when Redis restarts; the first call after it must still
+    work (a retry on a fresh connection), on the hot path and off it."""
+    store = RedisStore(private_redis.url, tmp_path / "data", prefix="cgrestart")
+    try:
+        await store.cache_set("cache:a", {"output": "x"}, ttl_s=60)
+        assert await store.put_version(TASK, b"v1") == 1
+        assert await store.cache_get("cache:a") == {"output": "x"}  # connections now pooled
+
+        private_redis.stop()
+        private_redis.start()  # same port, same AOF
+        assert await store.latest_version(TASK) == 1  # would raise on the stale connection
+        assert await store.cache_get("cache:a") == {"output": "x"}  # not a counted miss
+        assert store.errors == 0
+    finally:
+        await store.close()

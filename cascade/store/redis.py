@@ -13,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from cascade.store.base import BUCKETS, Store
+from cascade.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -71,22 +74,22 @@ class RedisStore(Store):
             socket_connect_timeout=socket_timeout_s,
             retry_on_timeout=False,
             health_check_interval=0,
+            # a pooled connection that went stale when Redis restarted fails at once: one
+            # immediate retry on a fresh connection, but never wait out a second timeout
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self.slow = aioredis.Redis.from_url(
             url,
             socket_timeout=10.0,
             socket_connect_timeout=1.0,
             health_check_interval=30,
+            # off the hot path: ride out a restart (stale connections, a server still loading)
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 4),
         )
         self.breaker = _Breaker()
-        self._outbox: deque[tuple[str, str]] = deque()
-        self._outbox_max = outbox_max
-        self._dropped = 0
-        self._spill_dir = data_dir / "outbox"
-        self._spill = self._spill_dir / f"outbox-{os.getpid()}.jsonl"
+        self._outbox = Outbox(data_dir / "outbox", outbox_max)
         self._pending_cursor: dict[str, str] = {}  # re-delivering own pending entries from here
         self._groups: set[str] = set()
-        self._load_spills()
 
     def k(self, *parts: object) -> str:
         return ":".join([self.prefix, *map(str, parts)])
@@ -218,76 +221,43 @@ class RedisStore(Store):
 
     @property
     def demos_dropped(self) -> int:
-        return self._dropped
+        return self._outbox.dropped
 
     @property
     def demos_buffered(self) -> int:
         return len(self._outbox)
 
-    def _load_spills(self) -> None:
-        """Adopt spill files left by processes that died during a Redis outage."""
-        if not self._spill_dir.is_dir():
-            return
-        for path in sorted(self._spill_dir.glob("outbox-*.jsonl")):
-            pid = int(path.stem.split("-", 1)[1]) if path.stem.split("-", 1)[1].isdigit() else 0
-            if pid != os.getpid() and _alive(pid):
-                continue
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    self._outbox.append((rec["task"], rec["data"]))
-            if path != self._spill:
-                path.unlink(missing_ok=True)
-        if self._outbox:
-            self._rewrite_spill()
-
-    def _rewrite_spill(self) -> None:
-        if not self._outbox:
-            self._spill.unlink(missing_ok=True)
-            return
-        self._spill_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._spill.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for task, data in self._outbox:
-                f.write(json.dumps({"task": task, "data": data}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._spill)
+    async def _xadd_demo(self, task: str, data: str) -> None:
+        await self.slow.xadd(
+            self.k("demos", task), {"d": data}, maxlen=self.demo_maxlen, approximate=True
+        )
 
     async def append_demo(self, task: str, demo: dict[str, Any]) -> None:
         data = json.dumps(demo, ensure_ascii=False, separators=(",", ":"))
         if not self._outbox and self.breaker.closed:
             try:
-                await self.slow.xadd(
-                    self.k("demos", task), {"d": data}, maxlen=self.demo_maxlen, approximate=True
-                )
+                await self._xadd_demo(task, data)
                 return
             except (RedisError, OSError) as e:
                 self.errors += 1
                 self.breaker.trip()
                 log.warning("demonstration buffered, Redis unavailable: %s", e)
-        if len(self._outbox) >= self._outbox_max:
-            self._outbox.popleft()
-            self._dropped += 1
-        self._outbox.append((task, data))
-        await asyncio.to_thread(self._rewrite_spill)
+        self._outbox.push(task, data)
+        await asyncio.to_thread(self._outbox.save)
 
     async def _flush_outbox(self) -> None:
         sent = 0
         while self._outbox:
-            task, data = self._outbox[0]
             try:
-                await self.slow.xadd(
-                    self.k("demos", task), {"d": data}, maxlen=self.demo_maxlen, approximate=True
-                )
+                await self._xadd_demo(*self._outbox.peek())
             except (RedisError, OSError):
                 self.errors += 1
                 break
-            self._outbox.popleft()
+            self._outbox.pop()
             sent += 1
         if sent:
             log.info("flushed %d buffered demonstrations to Redis", sent)
-            await asyncio.to_thread(self._rewrite_spill)
+            await asyncio.to_thread(self._outbox.save)
 
     async def flush_counters(self) -> None:
         await super().flush_counters()
@@ -411,18 +381,6 @@ def _decode_entries(entries: list[Any]) -> tuple[list[tuple[str, dict[str, Any]]
         raw = fields.get(b"d") or fields.get("d")
         out.append((mid, json.loads(raw)))
     return out, gone
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _redact(url: str) -> str:
