@@ -7,7 +7,6 @@ demonstrations into new versions, which ``refresh`` hot-loads into levels and po
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -20,7 +19,7 @@ import anyio
 
 from cascade.backends import BackendError, BackendPool
 from cascade.config import Config
-from cascade.demos import build_demo, level_record
+from cascade.finish import finish
 from cascade.levels import LevelOutput, Query, build_level
 from cascade.outcome import (
     CascadeError,
@@ -30,17 +29,10 @@ from cascade.outcome import (
     UnknownTaskError,
 )
 from cascade.prompts import Message, render_messages
-from cascade.runtime import TaskRuntime, build_policy, features_of, fingerprint, normalise_input
+from cascade.runtime import TaskRuntime, build_policy, fingerprint, normalise_input
 from cascade.store.base import Store
 from cascade.versions import load_state
-from cascade.walk import (
-    Walk,
-    count_agreement,
-    level_failed,
-    record_level,
-    try_level,
-    walk_cheap_levels,
-)
+from cascade.walk import Walk, level_failed, record_level, try_level, walk_cheap_levels
 
 __all__ = [
     "Cascade",
@@ -299,128 +291,7 @@ class Cascade:
     # ------------------------------------------------------------------ the walk
 
     async def _finish(self, p: Walk, t0: float, use_cache: bool) -> Outcome:
-        rt = p.rt
-        degraded = False
-        if p.answer is None:
-            fallback = [o for o in p.outputs if o.ready and o.valid and o.name != rt.large.name]
-            if not fallback:
-                p.deltas["unavailable"] = 1
-                self.store.count(rt.name, p.deltas)
-                total = (time.perf_counter() - t0) * 1000
-                self._observe(
-                    Outcome(
-                        p.request_id,
-                        rt.name,
-                        "",
-                        None,
-                        "none",
-                        p.traces,
-                        cached=False,
-                        cost=p.cost,
-                        total_ms=total,
-                        counters=p.deltas,
-                    )
-                )
-                raise CascadeUnavailableError(
-                    f"task {rt.name!r}: no level could answer ({p.large_failed or 'no answer'});"
-                    " the large LM is unreachable or failing and no cheaper answer exists"
-                )
-            p.answer = max(fallback, key=lambda o: o.confidence)
-            degraded = True
-            p.deltas["degraded"] = 1
-            pre = f"lvl:{p.answer.name}:"
-            p.deltas[pre + "answered"] = 1  # it answered after all: answered + deferred = seen
-            p.deltas.pop(pre + "deferred", None)
-            for t in p.traces:
-                t.answered = t.name == p.answer.name
-                t.deferred = t.deferred and not t.answered
-        answer = p.answer
-        p.deltas["cost"] = p.cost
-        by_large = answer.name == rt.large.name and not degraded
-        if by_large:
-            p.deltas["demos"] = 1
-            if answer.label is not None:
-                count_agreement(p.deltas, answer.label, p.outputs[:-1], p.decisions, p.explored_at)
-        self.store.count(rt.name, p.deltas)
-        lm = answer.lm
-        total = (time.perf_counter() - t0) * 1000
-        outcome = Outcome(
-            p.request_id,
-            rt.name,
-            answer.text,
-            answer.label,
-            answer.name,
-            p.traces,
-            cached=False,
-            cost=p.cost,
-            degraded=degraded,
-            version=p.version,
-            total_ms=total,
-            overhead_ms=max(0.0, total - sum(t.latency_ms for t in p.traces)),
-            finish_reason=None if lm is None else lm.finish_reason,
-            logprobs=lm.token_logprobs if lm is not None and lm.has_logprobs else None,
-            tokens=None if lm is None else lm.tokens,
-            top_logprobs=None if lm is None else lm.top_logprobs,
-            counters=p.deltas,
-        )
-        await self._remember(p, outcome, by_large, use_cache)
-        self._observe(outcome)
-        return outcome
-
-    async def _remember(self, p: Walk, outcome: Outcome, by_large: bool, use_cache: bool) -> None:
-        """Cache the outcome, keep a record for feedback, and append the demonstration."""
-        rt, answer = p.rt, p.answer
-        assert answer is not None
-        key = None
-        writes = []
-        if use_cache and p.cache_keys and not outcome.degraded:
-            key = p.cache_keys[0] if by_large else p.cache_keys[1]
-            writes.append(
-                self.store.cache_set(
-                    key,
-                    {"output": answer.text, "label": answer.label, "level": answer.name},
-                    rt.config.cache_ttl_s,
-                )
-            )
-        records = {
-            o.name: level_record(
-                o,
-                features_of(o, p.outputs[:j]),
-                p.decisions.get(o.name),
-                p.explored_at.get(o.name, False),
-                p.explore_p,
-            )
-            for j, o in enumerate(p.outputs)
-            if o.name != rt.large.name
-        }
-        writes.append(
-            self.store.put_record(
-                f"req:{p.request_id}",
-                {
-                    "task": rt.name,
-                    "input": p.q.text,
-                    "tenant": p.tenant,
-                    "version": p.version,
-                    "cache_key": key,
-                    "levels": records,
-                    "answer": {"level": answer.name, "label": answer.label, "output": answer.text},
-                },
-                self.request_ttl_s,
-            )
-        )
-        await asyncio.gather(*writes)  # concurrent round trips, not one after the other
-        if by_large:
-            demo = build_demo(
-                rt.name,
-                p.request_id,
-                p.q.text,
-                answer,
-                records,
-                p.version,
-                p.q.shared.get("embedding"),
-                source="llm",
-            )
-            await self.store.append_demo(rt.name, demo)
+        return await finish(self.store, p, t0, use_cache, self.request_ttl_s, self._observe)
 
     def _observe(self, outcome: Outcome) -> None:
         for obs in self.observers:
