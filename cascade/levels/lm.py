@@ -27,6 +27,8 @@ from cascade.config import LevelConfig, TaskConfig
 from cascade.demos import decode_vector
 from cascade.levels.base import Demo, Level, LevelOutput, Query
 from cascade.levels.heads import LogisticHead
+from cascade.levels.neighbours import DemoIndex
+from cascade.prompts import Message, render_messages
 
 T = TypeVar("T")
 
@@ -98,6 +100,10 @@ class LocalLMLevel(_LMLevel):
         )
         stack = p.get("stack") or []
         self.stack = [str(s) for s in stack] if isinstance(stack, list) else [str(stack)]
+        # in-context imitation: the k nearest large-LM demonstrations as few-shot turns
+        self.icl_k = int(p.get("icl_k", 0)) if task.kind == "classify" else 0
+        self.index = DemoIndex(int(p.get("icl_max", 2000)), int(p.get("icl_words", 60)))
+        self.trainable = self.probe_enabled or self.icl_k > 0
 
     def _need_backend(self) -> LlamaBackend:
         if self.backend is None:
@@ -169,13 +175,38 @@ class LocalLMLevel(_LMLevel):
         return (np.stack(xs), np.array(ys)) if xs else None
 
     def learn(self, demos: list[Demo]) -> bool:
-        if not self.probe_enabled:
+        changed = self._index(demos)
+        ex = self._examples(demos) if self.probe_enabled else None
+        if ex is not None and self.probe.add(*ex):
+            changed = True
+        if changed:
+            self.updates += 1
+        return changed
+
+    def _index(self, demos: list[Demo]) -> bool:
+        use = [d for d in demos if d.label in self.labels and d.embedding is not None]
+        if not self.icl_k or not use:
             return False
-        ex = self._examples(demos)
-        if ex is None or not self.probe.add(*ex):
-            return False
-        self.updates += 1
+        self.index.add(
+            np.stack([np.asarray(d.embedding) for d in use]),
+            [d.text for d in use],
+            [self.labels.index(str(d.label)) for d in use],
+        )
         return True
+
+    async def few_shot(self, q: Query) -> list[Message]:
+        """The query's messages with the nearest demonstrations as earlier turns."""
+        if not self.icl_k or not len(self.index):
+            return q.messages
+        emb = await self.prompt_embedding(q) if self.encoder else q.shared.get("embedding")
+        if emb is None:  # neither an `embed` param nor an encoder level before this one
+            return q.messages
+        head = [m for m in q.messages if m["role"] == "system"]
+        turns: list[Message] = []
+        for text, label in self.index.nearest(emb, self.icl_k):
+            turns += [m for m in render_messages(self.task.prompt, text) if m["role"] != "system"]
+            turns.append({"role": "assistant", "content": self.labels[label]})
+        return head + turns + [m for m in q.messages if m["role"] != "system"]
 
     def remember(self, demos: list[Demo]) -> None:
         ex = self._examples(demos) if self.probe_enabled else None
@@ -183,12 +214,16 @@ class LocalLMLevel(_LMLevel):
             self.probe.remember(*ex)
 
     def state(self) -> dict[str, np.ndarray]:
-        if not self.probe.trained:
+        probe = self.probe.state() if self.probe.trained else {}
+        index = self.index.state()
+        if not probe and not index:
             return {}
-        return {**self.probe.state(), "updates": np.array([self.updates], dtype=np.int64)}
+        return {**probe, **index, "updates": np.array([self.updates], dtype=np.int64)}
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.probe.load_state(arrays)
+        if self.probe_enabled:
+            self.probe.load_state(arrays)
+        self.index.load_state(arrays)
         if "updates" in arrays:
             self.updates = int(arrays["updates"][0])
 
@@ -221,7 +256,8 @@ class LocalLMLevel(_LMLevel):
         if self.task.kind == "classify":
             assert self.matcher is not None
             matcher = self.matcher
-            r = await anyio.to_thread.run_sync(lambda: backend.classify(q.messages, matcher))
+            messages = await self.few_shot(q)
+            r = await anyio.to_thread.run_sync(lambda: backend.classify(messages, matcher))
         else:
             r = await anyio.to_thread.run_sync(
                 lambda: backend.generate(q.messages, q.max_tokens, q.temperature)
