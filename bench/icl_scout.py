@@ -22,28 +22,24 @@ import numpy as np
 from bench.streams import rotten_tomatoes
 from cascade.backends.encoder import EncoderBackend
 from cascade.backends.llama import LlamaBackend
-from cascade.prompts import LabelMatcher, Message, render_messages
+from cascade.backends.openai_http import parse_chat_response
+from cascade.levels.neighbours import few_shot_messages
+from cascade.prompts import LabelMatcher, render_messages
 
 MODELS = Path("models")
 ANNOTATIONS = Path("bench/annotations/rotten-tomatoes.qwen2.5-1.5b.jsonl")
 
 
-def recorded_labels() -> dict[str, str]:
-    """Review text -> the large LM's label, from the committed annotation file."""
+def recorded_labels(matcher: LabelMatcher) -> dict[str, str | None]:
+    """Review text -> the large LM's label, read from the committed annotation file exactly as
+    the gateway reads a live answer."""
     out = {}
     with ANNOTATIONS.open(encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
             user = r["request"]["messages"][-1]["content"]
             text = user[len("Review: ") : user.index("\n\nIs this review")]
-            top = r["response"]["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-            mass = {"positive": 0.0, "negative": 0.0}
-            for t in top:
-                word = t["token"].strip().lower()
-                for lab in mass:
-                    if word.startswith(lab[:3]):
-                        mass[lab] += float(np.exp(t["logprob"]))
-            out[text] = max(mass, key=lambda k: mass[k])
+            out[text] = parse_chat_response(r["response"], r["model"], matcher).label()
     return out
 
 
@@ -67,14 +63,15 @@ def main() -> None:
     args = ap.parse_args()
 
     stream = rotten_tomatoes(MODELS, 42, 5000)
-    recorded = recorded_labels()
+    matcher = LabelMatcher(stream.labels)
+    recorded = recorded_labels(matcher)
     texts = [it.text for it in stream.items[: args.stop]]
     gold = [it.label for it in stream.items[: args.stop]]
     large = [recorded[t] for t in texts]  # a KeyError: the annotation file lacks an item
+    known = np.array([lab is not None for lab in large])
     vecs = EncoderBackend(MODELS / "all-MiniLM-L6-v2").embed(texts)
     vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
     lm = LlamaBackend(MODELS / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", n_ctx=2048)
-    matcher = LabelMatcher(stream.labels)
 
     def cut(t: str) -> str:
         return " ".join(t.split()[: args.words]) if args.words else t
@@ -84,13 +81,10 @@ def main() -> None:
     for i in range(args.start, args.stop):
         query = render_messages(stream.prompt, texts[i])
         zs.append((lm.classify(query, matcher).label_probs or {}).get("positive", 0.5))
-        nearest = np.argsort(-(vecs[:i] @ vecs[i]), kind="stable")[: args.k][::-1]
-        msgs: list[Message] = [m for m in query if m["role"] == "system"]
-        for j in nearest:
-            shown = render_messages(stream.prompt, cut(texts[j]))
-            msgs += [m for m in shown if m["role"] == "user"]
-            msgs.append({"role": "assistant", "content": large[j]})
-        msgs += [m for m in query if m["role"] != "system"]
+        sims = np.where(known[:i], vecs[:i] @ vecs[i], -np.inf)  # a labelled neighbour only
+        nearest = np.argsort(-sims, kind="stable")[: args.k][::-1]
+        shots = [(cut(texts[j]), str(large[j])) for j in nearest]
+        msgs = few_shot_messages(stream.prompt, query, shots)
         t1 = time.perf_counter()
         ic.append((lm.classify(msgs, matcher).label_probs or {}).get("positive", 0.5))
         secs.append(time.perf_counter() - t1)

@@ -27,8 +27,8 @@ from cascade.config import LevelConfig, TaskConfig
 from cascade.demos import decode_vector
 from cascade.levels.base import Demo, Level, LevelOutput, Query
 from cascade.levels.heads import LogisticHead
-from cascade.levels.neighbours import DemoIndex
-from cascade.prompts import Message, render_messages
+from cascade.levels.neighbours import DemoIndex, few_shot_messages
+from cascade.prompts import Message
 
 T = TypeVar("T")
 
@@ -91,7 +91,6 @@ class LocalLMLevel(_LMLevel):
         self.backend = backend  # None in the learner process: only the probe is needed there
         p = cfg.params
         self.probe_enabled = bool(p.get("probe", False)) and task.kind == "classify"
-        self.trainable = self.probe_enabled
         self.probe = LogisticHead(
             len(self.labels) or 1,
             c=float(p.get("probe_c", 0.01)),
@@ -201,12 +200,10 @@ class LocalLMLevel(_LMLevel):
         emb = await self.prompt_embedding(q) if self.encoder else q.shared.get("embedding")
         if emb is None:  # neither an `embed` param nor an encoder level before this one
             return q.messages
-        head = [m for m in q.messages if m["role"] == "system"]
-        turns: list[Message] = []
-        for text, label in self.index.nearest(emb, self.icl_k):
-            turns += [m for m in render_messages(self.task.prompt, text) if m["role"] != "system"]
-            turns.append({"role": "assistant", "content": self.labels[label]})
-        return head + turns + [m for m in q.messages if m["role"] != "system"]
+        shots = self.index.nearest(emb, self.icl_k)
+        return few_shot_messages(
+            self.task.prompt, q.messages, [(t, self.labels[i]) for t, i in shots]
+        )
 
     def remember(self, demos: list[Demo]) -> None:
         ex = self._examples(demos) if self.probe_enabled else None

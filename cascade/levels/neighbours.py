@@ -11,6 +11,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from cascade.config import PromptConfig
+from cascade.prompts import Message, render_messages
+
+
+def few_shot_messages(
+    prompt: PromptConfig, messages: list[Message], shots: list[tuple[str, str]]
+) -> list[Message]:
+    """``messages`` with each (input, label) of ``shots`` as an earlier user/assistant turn,
+    after the system prompt and in the order given (the closest last, next to the query)."""
+    turns: list[Message] = []
+    for text, label in shots:
+        turns += [m for m in render_messages(prompt, text) if m["role"] != "system"]
+        turns.append({"role": "assistant", "content": label})
+    system = [m for m in messages if m["role"] == "system"]
+    return system + turns + [m for m in messages if m["role"] != "system"]
+
 
 class DemoIndex:
     """The newest ``capacity`` demonstrations: unit embeddings, (shortened) texts, labels."""
