@@ -162,13 +162,14 @@ async def run_stream(
     results: list[ItemResult] = []
     prog = Progress(label, len(stream.items), progress_every)
     llm_name = task.levels[-1].name
-    correct = 0
+    correct = called = 0
     learn_s = 0.0
     for i, item in enumerate(stream.items):
         try:
             out = await cascade.run("bench", item.text, use_cache=False)
         except CascadeError as e:
             results.append(ItemResult(None, "error", True, 0.0, [], error=str(e)))
+            called += 1  # counted as sent to the large LM, as every error is
             continue
         ran = [t.name for t in out.levels]
         results.append(
@@ -183,6 +184,7 @@ async def run_stream(
             )
         )
         correct += out.label == item.label
+        called += results[-1].llm_called
         if learner is not None and (freeze_after is None or i < freeze_after):
             t_learn = time.perf_counter()
             while await learner.step("bench", block_ms=0):
@@ -196,8 +198,7 @@ async def run_stream(
             for pol in runtime.policies:
                 if pol is not None and then_threshold is not None:
                     pol.set_params(threshold=then_threshold)
-        share = sum(r.llm_called for r in results) / len(results)
-        prog.update(i + 1, acc=correct / len(results), llm_share=share)
+        prog.update(i + 1, acc=correct / len(results), llm_share=called / len(results))
     if learner is not None and learner_stats is not None:
         learner_stats["seconds"] = learn_s
         learner_stats["demos"] = float(learner.learners["bench"].demos)

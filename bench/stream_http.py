@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import httpx
-import numpy as np
 
 from bench.harness import ItemResult, Progress
 from bench.streams import Stream
@@ -24,7 +23,7 @@ async def run_stream_http(
     headers = {"authorization": f"Bearer {key}"} if key else {}
     results: list[ItemResult] = []
     prog = Progress(f"gateway {url}", len(stream.items), 50)
-    correct = 0
+    correct = called = 0
     async with httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=600) as c:
         for i, item in enumerate(stream.items, start=1):
             r = await c.post("/generate", json={"task": task, "input": item.text, "cache": False})
@@ -37,6 +36,6 @@ async def run_stream_http(
                     ItemResult(b["label"], b["level"], large in ran, b["cost"], ran, b["degraded"])
                 )
                 correct += b["label"] == item.label
-            share = float(np.mean([res.llm_called for res in results]))
-            prog.update(i, acc=correct / i, llm_share=share)
+            called += results[-1].llm_called
+            prog.update(i, acc=correct / i, llm_share=called / i)
     return results
