@@ -105,7 +105,15 @@ def _bearer(request: Request) -> str | None:
 
 
 async def caller(request: Request, gw: Gateway = Depends(gateway)) -> Caller:
-    """Authenticate a client; enforce its requests-per-minute limit."""
+    """The dependency form of ``authenticate``, for routes off the hot path."""
+    return await authenticate(request, gw)
+
+
+async def authenticate(request: Request, gw: Gateway) -> Caller:
+    """Authenticate a client; enforce its requests-per-minute limit.
+
+    The hot routes call this directly: resolving it (and the gateway) as FastAPI dependencies
+    cost a cache hit ~15% of its in-process time."""
     cache: KeyCache = gw.keys
     if not await cache.any_keys(gw.store):
         return Caller(None)

@@ -127,9 +127,10 @@ def create_app(
     app.add_middleware(StartTime)
     from app.routes import admin, feedback, generate, health, openai_api
 
-    app.include_router(health.router)
+    # the hot routes first: a request is matched against the routes in this order
     app.include_router(generate.router)
     app.include_router(openai_api.router)
     app.include_router(feedback.router)
+    app.include_router(health.router)
     app.include_router(admin.router)
     return app

@@ -129,30 +129,21 @@ class Cascade:
 
     # ------------------------------------------------------------------ serving
 
-    def cache_key(
-        self,
-        rt: TaskRuntime,
-        text: str,
-        max_tokens: int,
-        temperature: float,
-        scope: str,
-        version: int | None,
-    ) -> str:
-        """``version`` None: an answer of the large LM, which no learning changes; a cheaper
-        level's answer is keyed with the learned version that produced it."""
-        body = json.dumps(
-            [
-                rt.name,
-                normalise_input(text),
-                max_tokens,
-                round(temperature, 4),
-                rt.fingerprint,
-                version,
-                scope,
-            ],
+    def cache_keys(
+        self, rt: TaskRuntime, text: str, max_tokens: int, temperature: float, scope: str
+    ) -> tuple[str, str]:
+        """(key of a large-LM answer, which no learning changes; key of a cheaper level's
+        answer, which is only good for the learned version that produced it)."""
+        head = json.dumps(
+            [rt.name, normalise_input(text), max_tokens, round(temperature, 4), rt.fingerprint],
             ensure_ascii=False,
-        )
-        return "cache:" + hashlib.sha256(body.encode()).hexdigest()
+        )[:-1]  # one encoding for both keys: only the version differs
+
+        def key(version: int | None) -> str:
+            body = f"{head}, {json.dumps(version)}, {json.dumps(scope, ensure_ascii=False)}]"
+            return "cache:" + hashlib.sha256(body.encode()).hexdigest()
+
+        return key(None), key(rt.version)
 
     def _start(
         self,
@@ -181,10 +172,7 @@ class Cascade:
             want_logprobs=logprobs,
         )
         scope = "shared" if rt.config.shared_cache or tenant is None else f"tenant:{tenant}"
-        keys = (
-            self.cache_key(rt, text, max_tokens, temperature, scope, None),
-            self.cache_key(rt, text, max_tokens, temperature, scope, rt.version),
-        )
+        keys = self.cache_keys(rt, text, max_tokens, temperature, scope)
         return rt, q, keys
 
     async def _cached(self, rt: TaskRuntime, keys: tuple[str, str], t0: float) -> Outcome | None:

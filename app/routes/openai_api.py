@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.auth import Caller, caller
+from app.auth import Caller, authenticate, caller
 from app.deps import gateway
 from app.main import Gateway
 from app.schemas_openai import ChatCompletionRequest, chat_input, model_name, task_of
@@ -66,9 +66,9 @@ async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
     response: Response,
-    gw: Gateway = Depends(gateway),
-    who: Caller = Depends(caller),
 ) -> dict[str, Any] | StreamingResponse:
+    gw: Gateway = request.app.state.gateway
+    who = await authenticate(request, gw)
     task = task_of(body.model, gw.cascade.tasks)
     rt = gw.cascade.task(task)
     text, messages = chat_input(body, rt.config)
