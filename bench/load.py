@@ -156,11 +156,17 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def _seed(redis_url: str, prefix: str, models_dir: Path) -> None:
-    """Publish a learned logistic level so that it answers every request (no LM needed)."""
+_SEED_TEXTS = {
+    "positive": ["a warm, funny film", "wonderful and moving", "a delight", "great fun"],
+    "negative": ["a dull, lifeless film", "tedious and flat", "a mess", "painfully boring"],
+}
+
+
+def _seed(redis_url: str, prefix: str) -> None:
+    """Publish a learned logistic level so that it answers every request (no LM needed); its
+    accuracy does not matter here, only that it answers."""
     import asyncio
 
-    from bench.streams import rotten_tomatoes
     from cascade.config import load_config
     from cascade.levels.base import Demo
     from cascade.levels.logistic import LogisticLevel
@@ -172,8 +178,8 @@ def _seed(redis_url: str, prefix: str, models_dir: Path) -> None:
     cfg = load_config(f.name)
     task = cfg.tasks["bench"]
     level = LogisticLevel(task.levels[0], task)
-    items = rotten_tomatoes(models_dir, limit=400).items
-    level.learn([Demo(str(i), it.text, it.label, it.label or "", {}) for i, it in enumerate(items)])
+    pairs = [(t, lab) for lab, texts in _SEED_TEXTS.items() for t in texts]
+    level.learn([Demo(str(i), t, lab, lab, {}) for i, (t, lab) in enumerate(pairs)])
     blob = dump_state(TaskState("bench", task.labels, levels={"logistic": level.state()}))
 
     async def put() -> None:
@@ -188,27 +194,17 @@ def _seed(redis_url: str, prefix: str, models_dir: Path) -> None:
     asyncio.run(put())
 
 
-def load_bench(args: LoadArgs) -> dict[str, Any]:
-    if shutil.which("wrk") is None:
-        raise RuntimeError("wrk is not installed (Debian package wrk: apt-get install wrk)")
-    from app.settings import Settings
-
-    settings = Settings()
+def prepare(redis_url: str) -> dict[str, str]:
+    """A seeded Redis prefix, the gateway's config and the floor app in a fresh folder: the
+    environment both servers (and bench/hotpath.py) run with."""
     prefix = f"cgload-{uuid.uuid4().hex[:8]}"
     work = Path(tempfile.mkdtemp(prefix="cg-load-"))
     (work / "config.yaml").write_text(CONFIG)
     (work / "floor.py").write_text(FLOOR_APP)
-    _seed(args.redis_url, prefix, settings.models_dir)
-    text = "a warm, funny, wonderful film"
-    bodies = {
-        "cache_hit": {"task": "bench", "input": text},
-        "logistic": {"task": "bench", "input": text, "cache": False},
-    }
-    rows: list[dict[str, Any]] = []
-    overhead: dict[str, float] = {}
-    env = {
+    _seed(redis_url, prefix)
+    return {
         **os.environ,
-        "REDIS_URL": args.redis_url,
+        "REDIS_URL": redis_url,
         "CASCADE_REDIS_PREFIX": prefix,
         "CASCADE_CONFIG": str(work / "config.yaml"),
         "CASCADE_LEARNER": "false",
@@ -216,6 +212,19 @@ def load_bench(args: LoadArgs) -> dict[str, Any]:
         "LOG_LEVEL": "warning",
         "PYTHONPATH": str(work),
     }
+
+
+def load_bench(args: LoadArgs) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (Debian package wrk: apt-get install wrk)")
+    env = prepare(args.redis_url)
+    text = "a warm, funny, wonderful film"
+    bodies = {
+        "cache_hit": {"task": "bench", "input": text},
+        "logistic": {"task": "bench", "input": text, "cache": False},
+    }
+    rows: list[dict[str, Any]] = []
+    overhead: dict[str, float] = {}
     exe = str(Path(sys.executable).parent / "cascade-gateway")
     for workers in args.workers:
         port, fport = free_port(), free_port()
@@ -275,7 +284,17 @@ def load_bench(args: LoadArgs) -> dict[str, Any]:
                         "p99_ms": round(_pct(xs, 0.99), 3),
                         "n": len(xs),
                     }
-    payload = {"duration_s": args.duration_s, "runs": rows, "overhead_at_8_connections": overhead}
+    from bench.hotpath import measure
+
+    cpu: dict[str, Any] = {kind: measure(kind, env) for kind in ("gateway", "floor")}
+    cpu["floor_over_gateway"] = round(cpu["floor"]["cpu_us"] / cpu["gateway"]["cpu_us"], 3)
+    print(f"[bench load] CPU per cache hit in-process: {cpu}", flush=True)
+    payload = {
+        "duration_s": args.duration_s,
+        "runs": rows,
+        "overhead_at_8_connections": overhead,
+        "cpu_per_cache_hit": cpu,
+    }
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(payload, indent=2) + "\n")

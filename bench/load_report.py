@@ -104,5 +104,20 @@ Gateway overhead (`x-cascade-overhead-ms`: the gateway's own time, model time ex
 worker, 8 concurrent clients:
 
 {ovh_rows}
-"""
+{_cpu_section(payload)}"""
     write_section("load", body)
+
+
+def _cpu_section(payload: dict[str, Any]) -> str:
+    cpu = payload.get("cpu_per_cache_hit")
+    if not cpu:
+        return ""
+    g, f = cpu["gateway"], cpu["floor"]
+    return f"""
+CPU per cache hit, in-process (`bench/hotpath.py`: each app driven through its ASGI interface,
+no HTTP and no load generator on the cores; the process's own CPU time, median of 3 runs of
+4,000 requests): gateway {g["cpu_us"]} us, floor {f["cpu_us"]} us; the floor needs
+{100 * cpu["floor_over_gateway"]:.0f}% of the gateway's CPU, which bounds the gateway's
+cache-hit throughput against the floor's on a saturated core. This ratio is steadier than
+wrk's on a shared machine.
+"""
