@@ -95,6 +95,22 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream_report(args: argparse.Namespace) -> int:
+    from bench.stream_report import write_combined_report
+
+    payload = write_combined_report(
+        [Path(p) for p in args.results],
+        Path(args.baselines) if args.baselines else None,
+        args.name,
+        args.config,
+    )
+    print(json.dumps([[r["system"], r["accuracy"], r["llm_share"]] for r in payload["runs"]]))
+    return 0
+
+
+ICL_TARGETS = ("0.85", "0.92")
+
+
 def cmd_all(args: argparse.Namespace) -> int:
     """Every benchmark, rewriting docs/BENCHMARKS.md (``make bench``)."""
     base = ["--no-doc"] if args.no_doc else []
@@ -102,6 +118,20 @@ def cmd_all(args: argparse.Namespace) -> int:
         out = Path("bench/results") / f"stream-{stream}.json"
         extra = ["--task", "sentiment", "--limit", str(limit)]
         rc = main_bench(["stream", "--stream", stream, "--out", str(out), *extra, *base])
+        if rc:
+            return rc
+    # in-context imitation on the small level: each point is an hour here, so each its own run
+    icl, results = "bench/configs/rotten-tomatoes-icl.yaml", []
+    for target in ICL_TARGETS:
+        results.append(f"bench/results/icl-rt5000-t{target}.json")
+        stream = ["stream", "--stream", "rotten-tomatoes", "--limit", "5000", "--config", icl]
+        knobs = ["--thresholds", "", "--mu", "", "--target-agreement", target]
+        rc = main_bench([*stream, *knobs, "--no-doc", "--out", results[-1]])
+        if rc:
+            return rc
+    if not args.no_doc:
+        report = ["stream-report", "--name", "icl", "--config", icl, "--results", *results]
+        rc = main_bench([*report, "--baselines", "bench/results/stream-rotten-tomatoes.json"])
         if rc:
             return rc
     rc = main_bench(["deferral", "--out", "bench/results/deferral-trec-chat.json", *base])
@@ -114,6 +144,14 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     b = sub.add_parser("bench", help="benchmarks (write docs/BENCHMARKS.md)")
     bsub = b.add_subparsers(dest="bench_cmd", required=True)
     _add_stream(bsub)
+    r = bsub.add_parser(
+        "stream-report", help="one docs section from several `bench stream --out` results"
+    )
+    r.add_argument("--results", nargs="+", required=True, help="JSON files of a cascade variant")
+    r.add_argument("--baselines", help="JSON of a run whose rows are shown beside them")
+    r.add_argument("--name", required=True, help="the variant's name, e.g. icl")
+    r.add_argument("--config", help="the configuration those runs used (for the record)")
+    r.set_defaults(fn=cmd_stream_report)
     d = bsub.add_parser("deferral", help="token-level deferral rules on a generative stream")
     d.add_argument("--file", help="CSV/JSONL of prompts (default: TREC questions)")
     d.add_argument("--text-field", default="text")

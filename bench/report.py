@@ -46,8 +46,9 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(key: str, body: str, doc: Path = DOC) -> None:
+def write_section(key: str, body: str, doc: Path | None = None) -> None:
     """Replace (or append) the section ``key`` of the benchmarks document."""
+    doc = doc or DOC
     doc.parent.mkdir(parents=True, exist_ok=True)
     text = doc.read_text(encoding="utf-8") if doc.exists() else _HEADER
     start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"

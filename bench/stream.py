@@ -126,37 +126,59 @@ def summarise(
 
 
 async def measure_level_seconds(
-    ctx: BenchContext, task: TaskConfig, stream: Stream, n: int = 12
+    ctx: BenchContext,
+    task: TaskConfig,
+    stream: Stream,
+    llm_labels: list[str | None] | None = None,
+    n: int = 12,
 ) -> dict[str, float]:
     """Mean wall seconds of one call per level, measured live in this run (memo and replay
-    bypassed) on items from the end of the stream."""
+    bypassed) on items from the end of the stream.
+
+    Levels run in cascade order on the same queries, so a level reuses what a cheaper one left
+    (the prompt embedding), as in a walk. A level that imitates in context is timed with its
+    index filled from the earlier items' large-LM answers: with an empty index it would be
+    timed on its (much shorter) zero-shot prompt."""
     from cascade.levels import Query, build_level
     from cascade.levels.lm import LocalLMLevel, OpenAILevel
     from cascade.prompts import render_messages
 
-    texts = [it.text for it in stream.items[-n:]]
+    def queries(texts: list[str]) -> list[Query]:
+        return [Query("bench", t, render_messages(task.prompt, t), task.max_tokens) for t in texts]
+
+    timed, warm = queries([it.text for it in stream.items[-n:]]), queries([stream.items[0].text])
+    encoder: Any = None
     out: dict[str, float] = {}
     for lc in task.levels:
         level = build_level(lc, task, ctx.pool)
         if isinstance(level, LocalLMLevel) and level.backend is not None:
             level.backend = getattr(level.backend, "backend", level.backend)
-        if hasattr(level, "encoder"):
+        if getattr(level, "encoder", None) is not None:
             level.encoder = getattr(level.encoder, "backend", level.encoder)
+            encoder = encoder or level.encoder
+        if isinstance(level, LocalLMLevel) and level.icl_k and llm_labels and encoder:
+            _fill_icl_index(level, encoder, stream, llm_labels, n)
         saved = None
         if isinstance(level, OpenAILevel):
             saved, level.backend.cache = level.backend.cache, None
-        queries = [
-            Query("bench", t, render_messages(task.prompt, t), task.max_tokens) for t in texts
-        ]
-        await level.predict(queries[0])  # warm
+        await level.predict(warm[0])
         t0 = time.perf_counter()
-        for q in queries:
-            q.shared.clear()
+        for q in timed:
             await level.predict(q)
-        out[lc.name] = (time.perf_counter() - t0) / len(queries)
+        out[lc.name] = (time.perf_counter() - t0) / len(timed)
         if isinstance(level, OpenAILevel):
             level.backend.cache = saved
     return out
+
+
+def _fill_icl_index(
+    level: Any, encoder: Any, stream: Stream, llm_labels: list[str | None], skip_last: int
+) -> None:
+    """What the level's index holds after a long stream: the newest large-LM answers."""
+    pairs = list(zip(stream.items[:-skip_last], llm_labels[:-skip_last], strict=True))
+    pairs = [(it.text, lab) for it, lab in pairs if lab in level.labels][-level.index.capacity :]
+    texts = [t for t, _ in pairs]
+    level.index.add(encoder.embed(texts), texts, [level.labels.index(lab) for _, lab in pairs])
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -255,7 +277,7 @@ async def stream_bench(args: StreamBenchArgs) -> dict[str, Any]:
         seconds: dict[str, float] = {}
         if args.timing:
             with quiet_llama():
-                seconds = await measure_level_seconds(ctx, template, stream)
+                seconds = await measure_level_seconds(ctx, template, stream, llm_labels)
             print("seconds per call: " + ", ".join(f"{k} {v:.4f}" for k, v in seconds.items()))
         rows.append(summarise(spec, res, stream, llm_labels, seconds, llm_name))
 

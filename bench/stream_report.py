@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shlex
+from pathlib import Path
 from typing import Any
 
 from bench.report import machine, md_table, plot_path, relpath, stamp, write_section
@@ -13,6 +15,7 @@ _STYLE = {
     "distill": ("tab:green", "^"),
     "llm_only": ("black", "*"),
 }
+_VARIANT_STYLE = ("tab:purple", "D")  # a named cascade variant (stream-report --name)
 
 
 def _knob(row: dict[str, Any]) -> str:
@@ -34,7 +37,11 @@ def plot(payload: dict[str, Any]) -> str:
         (axes[0], "llm_share", "share of items sent to the large LM"),
         (axes[1], "wall_ratio", "wall time per item / large LM alone (measured)"),
     ):
-        for system, (color, marker) in _STYLE.items():
+        systems = {
+            **_STYLE,
+            **{r["system"]: _VARIANT_STYLE for r in rows if r["system"] not in _STYLE},
+        }
+        for system, (color, marker) in systems.items():
             for variant in ("mu", "target_agreement", "threshold", None):
                 pts = [
                     r
@@ -73,16 +80,14 @@ def plot(payload: dict[str, Any]) -> str:
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{payload['stream']}: {payload['items']} items, online, seeded order")
     fig.tight_layout()
-    path = plot_path(f"stream-{payload['stream']}.png")
+    path = plot_path(f"stream-{payload['stream']}{payload.get('suffix', '')}.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return relpath(path)
 
 
-def write_stream_report(payload: dict[str, Any], args: Any) -> None:
-    png = plot(payload)
-    rows = payload["runs"]
-    table = md_table(
+def _table(rows: list[dict[str, Any]]) -> str:
+    return md_table(
         [
             "system",
             "knob",
@@ -107,6 +112,12 @@ def write_stream_report(payload: dict[str, Any], args: Any) -> None:
             for r in rows
         ],
     )
+
+
+def write_stream_report(payload: dict[str, Any], args: Any) -> None:
+    png = plot(payload)
+    rows = payload["runs"]
+    table = _table(rows)
     secs = payload.get("seconds_per_call") or {}
     cmd = (
         "cascade-gateway bench stream "
@@ -116,6 +127,7 @@ def write_stream_report(payload: dict[str, Any], args: Any) -> None:
             else f"--stream {payload['stream']}"
         )
         + f" --limit {payload['items']} --seed {payload['seed']}"
+        + (f" --config {args.config}" if getattr(args, "config", None) else "")
         + "".join(
             f" --{flag} " + (",".join(f"{v:g}" for v in values) or "''")
             for flag, values in (
@@ -155,3 +167,58 @@ over the large LM alone (seconds per call: {", ".join(f"{k} {v:.4f}" for k, v in
 {learner}
 """
     write_section(f"stream:{payload['stream']}", body)
+
+
+def write_combined_report(
+    results: list[Path], baselines: Path | None, name: str, config: str | None
+) -> dict[str, Any]:
+    """One docs section from the JSON of several ``bench stream --out`` runs of a cascade
+    variant (each sweep point can take an hour here, so each is its own run), next to the
+    baselines of another run on the same stream, items and order."""
+    runs = [json.loads(p.read_text()) for p in results]
+    base = json.loads(baselines.read_text()) if baselines else runs[0]
+    first = runs[0]
+    for r in runs:
+        if (r["stream"], r["items"], r["seed"]) != (base["stream"], base["items"], base["seed"]):
+            raise ValueError("every result must come from the same stream, items and seed")
+    variant = [
+        {**row, "system": f"cascade+{name}"}
+        for r in runs
+        for row in r["runs"]
+        if row["system"] == "cascade"
+    ]
+    rows = [*base["runs"], *sorted(variant, key=lambda row: row["llm_share"])]
+    payload = {**first, "runs": rows, "suffix": f"-{name}"}
+    png = plot(payload)
+    flags = f" --config {config}" if config else ""
+    cmds = "\n".join(
+        f"    cascade-gateway bench stream --stream {r['stream']} --limit {r['items']} "
+        f"--seed {r['seed']}{flags} --thresholds '' --mu '' --target-agreement "
+        + ",".join(f"{row['target_agreement']:g}" for row in r["runs"] if "target_agreement" in row)
+        + f" --no-doc --out {p}"
+        for r, p in zip(runs, results, strict=True)
+    )
+    secs = "; ".join(
+        f"{p.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["seconds_per_call"].items())
+        for r, p in zip(runs, results, strict=True)
+    )
+    rel = " ".join(str(p) for p in results)
+    body = f"""## Stream: {first["stream"]} ({first["items"]} items), cascade+{name}
+
+Written by `cascade-gateway bench stream-report --name {name}{flags} --results {rel}`
+{f"--baselines {baselines}" if baselines else ""} on {stamp()} ({machine()}), from the JSON
+those runs wrote (one process per sweep point):
+
+{cmds}
+
+`cascade+{name}` rows are those runs' learning cascade; the other rows are
+{f"the baselines of {baselines}" if baselines else "from the same runs"}: the same items in the
+same seeded order. Wall ratio: each run's measured seconds per call of every level that ran,
+over its large LM alone ({secs}).
+
+![accuracy vs large-LM share]({png})
+
+{_table(rows)}
+"""
+    write_section(f"stream:{first['stream']}:{name}", body)
+    return payload

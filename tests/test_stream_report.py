@@ -1,0 +1,84 @@
+"""`bench stream-report`: one docs section from several `bench stream --out` runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bench.report
+from bench.stream_report import write_combined_report
+
+
+def _row(system: str, accuracy: float, share: float, **knob: float) -> dict[str, Any]:
+    return {
+        "system": system,
+        **knob,
+        "accuracy": accuracy,
+        "agreement": 0.9,
+        "llm_share": share,
+        "cost": share * 100,
+        "cost_ratio": share,
+        "wall_ratio": share + 0.5,
+        "answered_by": {"large": share, "small": 1 - share},
+        "degraded": 0,
+        "errors": 0,
+    }
+
+
+def _payload(runs: list[dict[str, Any]], stream: str = "rotten-tomatoes") -> dict[str, Any]:
+    return {
+        "stream": stream,
+        "items": 100,
+        "labels": ["positive", "negative"],
+        "seed": 42,
+        "seconds_per_call": {"small": 0.5, "large": 0.6},
+        "large_level": "large",
+        "distill_n": 10,
+        "runs": [_row("llm_only", 0.84, 1.0), *runs],
+    }
+
+
+@pytest.fixture
+def doc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(bench.report, "DOC", tmp_path / "docs" / "BENCHMARKS.md")
+    monkeypatch.setattr(bench.report, "PLOTS", tmp_path / "docs" / "plots")
+    return tmp_path / "docs" / "BENCHMARKS.md"
+
+
+def test_combines_variant_runs_beside_baselines(tmp_path: Path, doc: Path) -> None:
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(_payload([_row("threshold", 0.80, 0.11, threshold=0.6)])))
+    files = []
+    for target, acc, share in ((0.92, 0.83, 0.25), (0.85, 0.81, 0.09)):
+        files.append(tmp_path / f"icl-{target}.json")
+        files[-1].write_text(
+            json.dumps(_payload([_row("cascade", acc, share, target_agreement=target)]))
+        )
+    payload = write_combined_report(files, base, "icl", "bench/configs/x.yaml")
+
+    systems = [(r["system"], r["llm_share"]) for r in payload["runs"]]
+    # the baselines' rows first, then the variant's, by share
+    assert systems == [
+        ("llm_only", 1.0),
+        ("threshold", 0.11),
+        ("cascade+icl", 0.09),
+        ("cascade+icl", 0.25),
+    ]
+    text = doc.read_text()
+    assert "<!-- bench:stream:rotten-tomatoes:icl -->" in text
+    assert "--config bench/configs/x.yaml" in text and "--target-agreement 0.92" in text
+    assert "| cascade+icl | target_agreement=0.85 | 0.81 |" in text
+    assert (doc.parent / "plots" / "stream-rotten-tomatoes-icl.png").stat().st_size > 0
+
+
+def test_refuses_results_of_another_stream(tmp_path: Path, doc: Path) -> None:
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(_payload([])))
+    other = tmp_path / "trec.json"
+    other.write_text(json.dumps(_payload([], stream="trec")))
+    with pytest.raises(ValueError, match="same stream"):
+        write_combined_report([other], base, "icl", None)
+    assert not doc.exists()
