@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -100,9 +101,16 @@ def create_app(
             gw.learner = Learner(cfg, backends, store)
             gw.tasks.append(asyncio.create_task(gw.learner.run(), name="learner"))
         app.state.gateway = gw
+        # what startup built (modules, models, config) lives as long as the process: frozen,
+        # the collector's full passes skip it. Unfrozen they scan it all (~140k objects, tens of
+        # ms) and stall every request in flight: at 64 connections on one worker, freezing
+        # took cache-hit throughput from ~2,200 to ~3,200 req/s and p99 from ~150 to ~70 ms
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()  # a process that builds another app (tests) can collect this one
             for t in gw.tasks:
                 t.cancel()
             for t in gw.tasks:

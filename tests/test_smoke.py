@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from tests.conftest import make_settings, running_app
@@ -21,6 +22,18 @@ async def test_sentiment_end_to_end(tmp_path: Path, config_path: Path, redis_pre
         assert r2.json()["cached"] is True
         stats = (await client.get("/admin/stats")).json()
         assert stats["tasks"]["sentiment"]["requests"] == 2
+
+
+async def test_startup_objects_are_kept_out_of_full_collections(
+    tmp_path: Path, config_path: Path
+) -> None:
+    """While serving, what startup built is frozen (full collections skip it); once the app
+    stops it is unfrozen, so a process that builds another app can collect this one."""
+    async with running_app(make_settings(tmp_path, config_path)) as client:
+        assert gc.get_freeze_count() > 10_000  # modules, models, configuration
+        r = await client.post("/generate", json={"task": "sentiment", "input": "a warm film"})
+        assert r.status_code == 200, r.text
+    assert gc.get_freeze_count() == 0
 
 
 def test_serve_stops_its_llm_server_on_sigterm(tmp_path: Path) -> None:
