@@ -203,18 +203,19 @@ def write_combined_report(
         for r, p in zip(runs, results, strict=True)
     )
     rel = " ".join(str(p) for p in results)
+    base_flag = f" --baselines {baselines}" if baselines else ""
     body = f"""## Stream: {first["stream"]} ({first["items"]} items), cascade+{name}
 
-Written by `cascade-gateway bench stream-report --name {name}{flags} --results {rel}`
-{f"--baselines {baselines}" if baselines else ""} on {stamp()} ({machine()}), from the JSON
-those runs wrote (one process per sweep point):
+Written by `cascade-gateway bench stream-report --name {name}{flags} --results {rel}{base_flag}`
+on {stamp()} ({machine()}), from the JSON those runs wrote (one process per sweep point):
 
 {cmds}
 
 `cascade+{name}` rows are those runs' learning cascade; the other rows are
 {f"the baselines of {baselines}" if baselines else "from the same runs"}: the same items in the
 same seeded order. Wall ratio: each run's measured seconds per call of every level that ran,
-over its large LM alone ({secs}).
+over its large LM alone, from each run's own live timing at its start (12 calls per level;
+a run that shared the machine times every level slower, so read the ratio): {secs}.
 
 ![accuracy vs large-LM share]({png})
 
