@@ -20,6 +20,8 @@ from types import TracebackType
 
 import httpx
 
+_SERVER_ENV = ("HOST", "PORT", "CONFIG_FILE")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -76,9 +78,21 @@ class LocalLLMServer:
             str(self.n_ctx),
         ]
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        # llama_cpp.server lets HOST, PORT and CONFIG_FILE in its environment override its
+        # flags: `make serve PORT=8123` made it listen on the gateway's own port
+        env = {k: v for k, v in os.environ.items() if k not in _SERVER_ENV}
         self.proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
+        try:
+            self._wait_ready()
+        except BaseException:  # a timeout, or SIGTERM/Ctrl-C while the model loads
+            self.stop()  # its own session: no signal to us reaches it
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -88,11 +102,10 @@ class LocalLLMServer:
                 )
             try:
                 if httpx.get(f"{self.base_url}/models", timeout=1.0).status_code == 200:
-                    return self
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        self.stop()
         raise RuntimeError(f"llama_cpp.server did not answer within {self.ready_timeout_s:.0f} s")
 
     def stop(self) -> None:

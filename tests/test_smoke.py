@@ -1,9 +1,19 @@
 from __future__ import annotations
 
 import gc
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from tests.conftest import make_settings, running_app
+import httpx
+import pytest
+import yaml
+
+from cascade.llm_server import free_port
+from tests.conftest import MODELS, SMOL, make_settings, running_app
 
 
 async def test_sentiment_end_to_end(tmp_path: Path, config_path: Path, redis_prefix: str) -> None:
@@ -36,27 +46,13 @@ async def test_startup_objects_are_kept_out_of_full_collections(
     assert gc.get_freeze_count() == 0
 
 
-def test_serve_stops_its_llm_server_on_sigterm(tmp_path: Path) -> None:
-    """`serve` starts llama.cpp's server for a large LM without an endpoint, and a SIGTERM
-    (what docker stop, systemd and Ctrl-C in a supervisor send) stops it too: uvicorn
-    re-raises the signal after its shutdown, which used to kill serve before its cleanup."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-    import yaml
-
-    from cascade.llm_server import free_port
-    from tests.conftest import MODELS, SMOL
-
+def _serve(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`cascade-gateway serve` for a task whose large LM has no endpoint: serve starts
+    llama.cpp's server (SmolLM2) itself and sets LLM_BASE_URL."""
     config = tmp_path / "config.yaml"
     config.write_text(
         yaml.safe_dump(
             {
-                # no endpoint: serve starts one and sets LLM_BASE_URL
                 "backends": {
                     "large": {"kind": "openai", "model": "smol", "base_url": "${LLM_BASE_URL}"}
                 },
@@ -80,6 +76,7 @@ def test_serve_stops_its_llm_server_on_sigterm(tmp_path: Path) -> None:
         "CASCADE_DATA_DIR": str(tmp_path / "data"),
         "CASCADE_LOCAL_LLM_MODEL": str(MODELS / SMOL),
         "LLM_MODEL": "smol",
+        **extra_env,
     }
     env.pop("LLM_BASE_URL", None)
     env.pop("REDIS_URL", None)
@@ -90,6 +87,36 @@ def test_serve_stops_its_llm_server_on_sigterm(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    return serve, port
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _assert_gone(pids: list[int], timeout_s: float = 15.0) -> None:
+    for pid in pids:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"llama.cpp server {pid} outlived serve")
+
+
+def test_serve_stops_its_llm_server_on_sigterm(tmp_path: Path) -> None:
+    """`serve` starts llama.cpp's server for a large LM without an endpoint, and a SIGTERM
+    (what docker stop, systemd and Ctrl-C in a supervisor send) stops it too: uvicorn
+    re-raises the signal after its shutdown, which used to kill serve before its cleanup.
+
+    PORT and HOST are set as a platform (or `make serve PORT=...`) sets them: llama.cpp's
+    server reads them over its own flags and used to take the gateway's port."""
+    decoy = free_port()
+    serve, port = _serve(tmp_path, PORT=str(decoy), HOST="127.0.0.1")
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -102,21 +129,35 @@ def test_serve_stops_its_llm_server_on_sigterm(tmp_path: Path) -> None:
             time.sleep(0.2)
         else:
             raise AssertionError("serve never became ready")
-        kids = subprocess.run(
-            ["pgrep", "-P", str(serve.pid)], capture_output=True, text=True, check=False
-        ).stdout.split()
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/generate", json={"task": "sentiment", "input": "great"}
+        )
+        assert r.status_code in (200, 503), r.text  # answered by the gateway, via the LM
+        with pytest.raises(httpx.ConnectError):  # nothing took the PORT of the environment
+            httpx.get(f"http://127.0.0.1:{decoy}/v1/models", timeout=2)
+        kids = _children(serve.pid)
         assert kids, "serve started no llama.cpp server"
         serve.send_signal(signal.SIGTERM)
         serve.wait(timeout=30)
-        for pid in map(int, kids):
-            for _ in range(150):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
-            else:
-                raise AssertionError(f"llama.cpp server {pid} outlived serve")
+        _assert_gone(kids)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+
+
+def test_sigterm_while_the_llm_server_loads_stops_it(tmp_path: Path) -> None:
+    """A SIGTERM before llama.cpp's server is ready (a deploy rolled back, Ctrl-C at start)
+    stops it too: it runs in its own session, so no signal to serve reaches it."""
+    serve, _ = _serve(tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while not (kids := _children(serve.pid)):
+            assert time.monotonic() < deadline, "serve started no llama.cpp server"
+            time.sleep(0.02)
+        # its Python imports alone take over a second: it cannot be ready yet
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=30) != 0
+        _assert_gone(kids)
     finally:
         if serve.poll() is None:
             serve.kill()
