@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -110,7 +109,6 @@ def main() -> None:
         from app.main import create_app
 
         app = create_app()
-    os.environ.setdefault("LOG_LEVEL", "warning")
     print(json.dumps(asyncio.run(_drive(app, n))))
 
 

@@ -162,7 +162,7 @@ _SEED_TEXTS = {
 }
 
 
-def _seed(redis_url: str, prefix: str) -> None:
+def _seed(redis_url: str, prefix: str, config: Path) -> None:
     """Publish a learned logistic level so that it answers every request (no LM needed); its
     accuracy does not matter here, only that it answers."""
     import asyncio
@@ -173,10 +173,7 @@ def _seed(redis_url: str, prefix: str) -> None:
     from cascade.store.redis import RedisStore
     from cascade.versions import TaskState, dump_state
 
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(CONFIG)
-    cfg = load_config(f.name)
-    task = cfg.tasks["bench"]
+    task = load_config(config).tasks["bench"]
     level = LogisticLevel(task.levels[0], task)
     pairs = [(t, lab) for lab, texts in _SEED_TEXTS.items() for t in texts]
     level.learn([Demo(str(i), t, lab, lab, {}) for i, (t, lab) in enumerate(pairs)])
@@ -201,7 +198,7 @@ def prepare(redis_url: str) -> dict[str, str]:
     work = Path(tempfile.mkdtemp(prefix="cg-load-"))
     (work / "config.yaml").write_text(CONFIG)
     (work / "floor.py").write_text(FLOOR_APP)
-    _seed(redis_url, prefix)
+    _seed(redis_url, prefix, work / "config.yaml")
     return {
         **os.environ,
         "REDIS_URL": redis_url,

@@ -33,14 +33,12 @@ def plot(payload: dict[str, Any]) -> str:
 
     rows = payload["runs"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    variants = {r["system"]: _VARIANT_STYLE for r in rows if r["system"] not in _STYLE}
+    systems = {**_STYLE, **variants}
     for ax, xkey, xlabel in (
         (axes[0], "llm_share", "share of items sent to the large LM"),
         (axes[1], "wall_ratio", "wall time per item / large LM alone (measured)"),
     ):
-        systems = {
-            **_STYLE,
-            **{r["system"]: _VARIANT_STYLE for r in rows if r["system"] not in _STYLE},
-        }
         for system, (color, marker) in systems.items():
             for variant in ("mu", "target_agreement", "threshold", None):
                 pts = [
