@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from policies.base import Decision, Features, Policy, PolicyError, register
-from policies.explore import Explorer
+from policies.explore import TARGET_FLOOR, Explorer
 from policies.operating import OperatingPoint
 
 
@@ -27,7 +27,7 @@ class ThresholdPolicy(Policy):
             target_agreement = check_target(target_agreement)
         self.op = OperatingPoint(target_agreement) if target_agreement is not None else None
         # with a target, explore heavily while young (beta^k) and keep a floor for the estimate
-        floor = explore_floor if explore_floor is not None else (0.03 if self.op else 0.0)
+        floor = explore_floor if explore_floor is not None else (TARGET_FLOOR if self.op else 0.0)
         beta = beta if beta is not None else (0.99 if self.op else 0.0)
         self.explorer = Explorer(beta=beta, floor=floor)
         self.learned = self.op is not None
@@ -63,7 +63,7 @@ class ThresholdPolicy(Policy):
             t = check_target(params["target_agreement"])
             if self.op is None:
                 self.op = OperatingPoint(t)
-                self.explorer.floor = max(self.explorer.floor, 0.03)
+                self.explorer.floor = max(self.explorer.floor, TARGET_FLOOR)
                 self.learned = True
             else:
                 self.op.target = t

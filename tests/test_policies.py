@@ -15,6 +15,7 @@ import pytest
 
 from cascade.stats import wilson
 from policies import Features, PolicyError, ThresholdPolicy, known_policies, make_policy
+from policies.explore import TARGET_FLOOR
 from policies.ocl import OCLPolicy, OCLStep, ocl_update
 from policies.operating import wilson_lower
 
@@ -271,7 +272,7 @@ def test_threshold_with_target_explores_by_default() -> None:
     p = ThresholdPolicy(target_agreement=0.9)
     assert p.explore_probability == 1.0
     p.explorer.seen = 10_000
-    assert p.explore_probability == pytest.approx(0.03)  # the floor keeps the estimate alive
+    assert p.explore_probability == pytest.approx(TARGET_FLOOR)  # keeps the estimate alive
 
 
 # ------------------------------------------------------------------ registry
