@@ -109,6 +109,7 @@ def cmd_stream_report(args: argparse.Namespace) -> int:
 
 
 ICL_TARGETS = ("0.85", "0.92")
+LEAN_TARGETS = "0.8,0.82,0.84,0.86,0.88,0.9,0.91,0.92"
 
 
 def cmd_all(args: argparse.Namespace) -> int:
@@ -129,9 +130,22 @@ def cmd_all(args: argparse.Namespace) -> int:
         rc = main_bench([*stream, *knobs, "--no-doc", "--out", results[-1]])
         if rc:
             return rc
+    baselines = ["--baselines", "bench/results/stream-rotten-tomatoes.json"]
     if not args.no_doc:
         report = ["stream-report", "--name", "icl", "--config", icl, "--results", *results]
-        rc = main_bench([*report, "--baselines", "bench/results/stream-rotten-tomatoes.json"])
+        rc = main_bench([*report, *baselines])
+        if rc:
+            return rc
+    # the small LM alone in front of the large LM: the cascade for when large-LM calls are paid
+    lean, out = "bench/configs/rotten-tomatoes-lean.yaml", "bench/results/lean-rt5000.json"
+    stream = ["stream", "--stream", "rotten-tomatoes", "--limit", "5000", "--config", lean]
+    knobs = ["--thresholds", "", "--mu", "", "--target-agreement", LEAN_TARGETS]
+    rc = main_bench([*stream, *knobs, "--no-doc", "--out", out])
+    if rc:
+        return rc
+    if not args.no_doc:
+        report = ["stream-report", "--name", "lean", "--config", lean, "--results", out]
+        rc = main_bench([*report, *baselines])
         if rc:
             return rc
     rc = main_bench(["deferral", "--out", "bench/results/deferral-trec-chat.json", *base])

@@ -112,6 +112,37 @@ def _table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _nearest(rows: list[dict[str, Any]], system: str, share: float) -> str:
+    near = [r for r in rows if r["system"] == system]
+    if not near:
+        return f"{system}: none"
+    r = min(near, key=lambda r: abs(r["llm_share"] - share))
+    return f"{system} {r['accuracy']:.1%} at {r['llm_share']:.1%}"
+
+
+def targets(rows: list[dict[str, Any]]) -> str:
+    """Issue 3's two bars, read off the rows: the best learning cascade within 30% large-LM
+    share against the large LM alone less 1 point, and every system nearest 10% share."""
+    llm = next((r for r in rows if r["system"] == "llm_only"), None)
+    ours = [r for r in rows if r["system"].startswith("cascade")]
+    if llm is None or not ours:
+        return ""
+    bar = llm["accuracy"] - 0.01
+    within = [r for r in ours if r["llm_share"] <= 0.30]
+    best = max(within, key=lambda r: r["accuracy"]) if within else None
+    first = (
+        f"best learning cascade at <= 30% large-LM share: {best['accuracy']:.2%} at "
+        f"{best['llm_share']:.1%} ({best['system']}, {_knob(best)}) against a bar of {bar:.2%} "
+        f"(large LM alone {llm['accuracy']:.2%} less 1 point): "
+        + ("met" if best["accuracy"] >= bar else f"missed by {bar - best['accuracy']:.2%}")
+        if best
+        else "no learning cascade ran at <= 30% large-LM share"
+    )
+    systems = sorted({r["system"] for r in rows} - {"llm_only"})
+    second = "nearest 10% share: " + "; ".join(_nearest(rows, sy, 0.10) for sy in systems)
+    return f"Targets: {first}. {second}."
+
+
 def write_stream_report(payload: dict[str, Any], args: Any) -> None:
     png = plot(payload)
     rows = payload["runs"]
@@ -161,6 +192,8 @@ over the large LM alone (seconds per call: {", ".join(f"{k} {v:.4f}" for k, v in
 ![accuracy vs large-LM share]({png})
 
 {table}
+
+{targets(rows)}
 
 {learner}
 """
@@ -218,6 +251,8 @@ a run that shared the machine times every level slower, so read the ratio): {sec
 ![accuracy vs large-LM share]({png})
 
 {_table(rows)}
+
+{targets(rows)}
 """
     write_section(f"stream:{first['stream']}:{name}", body)
     return payload

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import bench.report
-from bench.stream_report import write_combined_report
+from bench.stream_report import targets, write_combined_report
 
 
 def _row(system: str, accuracy: float, share: float, **knob: float) -> dict[str, Any]:
@@ -82,3 +82,23 @@ def test_refuses_results_of_another_stream(tmp_path: Path, doc: Path) -> None:
     with pytest.raises(ValueError, match="same stream"):
         write_combined_report([other], base, "icl", None)
     assert not doc.exists()
+
+
+def _bar_row(system: str, acc: float, share: float, **knob: float) -> dict[str, Any]:
+    return {"system": system, "accuracy": acc, "llm_share": share, **knob}
+
+
+def test_targets_read_the_bars_off_the_rows() -> None:
+    rows = [
+        _bar_row("llm_only", 0.84, 1.0),
+        _bar_row("threshold", 0.80, 0.11, threshold=0.6),
+        _bar_row("cascade", 0.82, 0.12, target_agreement=0.85),
+        _bar_row("cascade", 0.832, 0.29, target_agreement=0.9),
+        _bar_row("cascade", 0.839, 0.31, target_agreement=0.95),  # over 30%: not counted
+    ]
+    line = targets(rows)
+    assert "83.20% at 29.0%" in line and "bar of 83.00%" in line and "met" in line
+    assert "cascade 82.0% at 12.0%" in line and "threshold 80.0% at 11.0%" in line
+    rows[3] = _bar_row("cascade", 0.825, 0.29, target_agreement=0.9)
+    assert "missed by 0.50%" in targets(rows)
+    assert targets([_bar_row("threshold", 0.8, 0.1)]) == ""
