@@ -121,8 +121,16 @@ def summarise(
         answered_by={k: round(v / n, 4) for k, v in sorted(answered.items())},
         degraded=sum(r.degraded for r in results),
         errors=sum(r.error is not None for r in results),
+        share_by_tenth=share_by_window(results, 10),
     )
     return row
+
+
+def share_by_window(results: list[ItemResult], windows: int) -> list[float]:
+    """The large-LM share in consecutive slices of the stream: a learning cascade's falls as
+    it learns, a static one's stays flat."""
+    called = np.array([r.llm_called for r in results], dtype=np.float64)
+    return [round(float(c.mean()), 4) for c in np.array_split(called, windows) if c.size]
 
 
 async def measure_level_seconds(

@@ -32,7 +32,7 @@ def plot(payload: dict[str, Any]) -> str:
     import matplotlib.pyplot as plt
 
     rows = payload["runs"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
     variants = {r["system"]: _VARIANT_STYLE for r in rows if r["system"] not in _STYLE}
     systems = {**_STYLE, **variants}
     for ax, xkey, xlabel in (
@@ -75,6 +75,7 @@ def plot(payload: dict[str, Any]) -> str:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy (ground truth)")
         ax.grid(alpha=0.3)
+    _share_over_stream(axes[2], rows, payload["items"], systems)
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{payload['stream']}: {payload['items']} items, online, seeded order")
     fig.tight_layout()
@@ -82,6 +83,24 @@ def plot(payload: dict[str, Any]) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return relpath(path)
+
+
+def _share_over_stream(
+    ax: Any, rows: list[dict[str, Any]], items: int, systems: dict[str, tuple[str, str]]
+) -> None:
+    """Large-LM share per tenth of the stream for every run that learns or thresholds."""
+    for r in rows:
+        tenths = r.get("share_by_tenth")
+        if not tenths or r["system"] in ("llm_only", "distill"):
+            continue
+        color, _ = systems.get(r["system"], ("grey", "o"))
+        x = [(i + 0.5) * items / len(tenths) for i in range(len(tenths))]
+        static = not r["system"].startswith("cascade")
+        ax.plot(x, tenths, ":" if static else "-", color=color, alpha=0.45 if static else 0.8)
+        ax.annotate(_knob(r).split("=")[-1], (x[-1], tenths[-1]), fontsize=7, color=color)
+    ax.set_xlabel("items into the stream (cascade: solid; static threshold: dotted)")
+    ax.set_ylabel("share sent to the large LM, per tenth")
+    ax.grid(alpha=0.3)
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -92,6 +111,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
             "accuracy",
             "agreement w/ large",
             "large-LM share",
+            "share, last tenth",
             "cost ratio",
             "wall ratio",
             "answered by",
@@ -103,6 +123,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
                 r["accuracy"],
                 r["agreement"],
                 r["llm_share"],
+                (r.get("share_by_tenth") or [None])[-1],
                 r["cost_ratio"],
                 r.get("wall_ratio"),
                 ", ".join(f"{k} {v:.0%}" for k, v in r["answered_by"].items()),

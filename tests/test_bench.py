@@ -6,6 +6,8 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
+
 from bench.stream import StreamBenchArgs, stream_bench
 from cascade.llm_server import LocalLLMServer
 from tests.live import live_gateway
@@ -55,3 +57,8 @@ async def test_stream_bench_drives_a_running_gateway(
     assert run["answered_by"].get("error", 0) * len(REVIEWS) == run["errors"]
     assert 0.0 <= run["accuracy"] <= 1.0 and 0.0 <= run["llm_share"] <= 1.0
     assert abs(run["cost_ratio"] * len(REVIEWS) - run["cost"]) < 1e-2
+    # the share per tenth of the stream, weighted by the slices' sizes, is the run's share
+    tenths = np.array_split(np.arange(len(REVIEWS)), 10)
+    assert len(run["share_by_tenth"]) == min(10, len(REVIEWS))
+    weighted = sum(s * len(t) for s, t in zip(run["share_by_tenth"], tenths, strict=False))
+    assert abs(weighted / len(REVIEWS) - run["llm_share"]) < 1e-3

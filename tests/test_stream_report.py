@@ -55,7 +55,16 @@ def test_combines_variant_runs_beside_baselines(tmp_path: Path, doc: Path) -> No
     for target, acc, share in ((0.92, 0.83, 0.25), (0.85, 0.81, 0.09)):
         files.append(tmp_path / f"icl-{target}.json")
         files[-1].write_text(
-            json.dumps(_payload([_row("cascade", acc, share, target_agreement=target)]))
+            json.dumps(
+                _payload(
+                    [
+                        {
+                            **_row("cascade", acc, share, target_agreement=target),
+                            "share_by_tenth": [0.9, *[share] * 8, share - 0.05],
+                        }
+                    ]
+                )
+            )
         )
     payload = write_combined_report(files, base, "icl", "bench/configs/x.yaml")
 
@@ -70,7 +79,9 @@ def test_combines_variant_runs_beside_baselines(tmp_path: Path, doc: Path) -> No
     text = doc.read_text()
     assert "<!-- bench:stream:rotten-tomatoes:icl -->" in text
     assert "--config bench/configs/x.yaml" in text and "--target-agreement 0.92" in text
-    assert "| cascade+icl | target_agreement=0.85 | 0.81 |" in text
+    # the share in the last tenth of the stream: where a learning cascade has got to
+    assert "| cascade+icl | target_agreement=0.85 | 0.81 | 0.9 | 0.09 | 0.04 |" in text
+    assert "| threshold | threshold=0.6 | 0.8 | 0.9 | 0.11 | - |" in text
     assert (doc.parent / "plots" / "stream-rotten-tomatoes-icl.png").stat().st_size > 0
 
 
