@@ -121,16 +121,20 @@ def summarise(
         answered_by={k: round(v / n, 4) for k, v in sorted(answered.items())},
         degraded=sum(r.degraded for r in results),
         errors=sum(r.error is not None for r in results),
-        share_by_tenth=share_by_window(results, 10),
+        share_by_tenth=by_window([r.llm_called for r in results], 10),
+        accuracy_by_tenth=by_window(
+            [r.label == t for r, t in zip(results, truth, strict=True)], 10
+        ),
     )
     return row
 
 
-def share_by_window(results: list[ItemResult], windows: int) -> list[float]:
-    """The large-LM share in consecutive slices of the stream: a learning cascade's falls as
-    it learns, a static one's stays flat."""
-    called = np.array([r.llm_called for r in results], dtype=np.float64)
-    return [round(float(c.mean()), 4) for c in np.array_split(called, windows) if c.size]
+def by_window(hits: list[bool], windows: int) -> list[float]:
+    """The mean in consecutive slices of the stream: a learning cascade's large-LM share falls
+    as it learns (a static one's stays flat), so the whole-stream share mixes warm-up with
+    what it settles at."""
+    arr = np.array(hits, dtype=np.float64)
+    return [round(float(c.mean()), 4) for c in np.array_split(arr, windows) if c.size]
 
 
 async def measure_level_seconds(

@@ -161,7 +161,37 @@ def targets(rows: list[dict[str, Any]]) -> str:
     )
     systems = sorted({r["system"] for r in rows} - {"llm_only"})
     second = "nearest 10% share: " + "; ".join(_nearest(rows, sy, 0.10) for sy in systems)
-    return f"Targets: {first}. {second}."
+    return f"Targets: {first}. {second}." + _settled(ours, llm)
+
+
+def _settled(ours: list[dict[str, Any]], llm: dict[str, Any]) -> str:
+    """The same read-out on the second half of the stream, once warm-up is over (the large LM
+    alone measured on the same half): what a long-running gateway settles at."""
+    half = []
+    for r in [*ours, llm]:
+        share, acc = r.get("share_by_tenth"), r.get("accuracy_by_tenth")
+        if not share or not acc or len(share) != 10:
+            continue
+        half.append({**r, "llm_share": sum(share[5:]) / 5, "accuracy": sum(acc[5:]) / 5})
+    base = next((r for r in half if r["system"] == "llm_only"), None)
+    mine = [r for r in half if r["system"] != "llm_only"]
+    if base is None or not mine:
+        return ""
+    within = [r for r in mine if r["llm_share"] <= 0.30]
+    points = "; ".join(
+        f"{r['system']} {_knob(r).split('=')[-1]}: {r['accuracy']:.2%} at {r['llm_share']:.1%}"
+        for r in sorted(mine, key=lambda r: r["llm_share"])
+    )
+    best = max(within, key=lambda r: r["accuracy"]) if within else None
+    verdict = (
+        f"best within 30% share {best['accuracy']:.2%} against {base['accuracy'] - 0.01:.2%}"
+        if best
+        else "none within 30% share"
+    )
+    return (
+        f" Second half of the stream only (after warm-up; large LM alone "
+        f"{base['accuracy']:.2%} there): {points}; {verdict}."
+    )
 
 
 def write_stream_report(payload: dict[str, Any], args: Any) -> None:

@@ -62,3 +62,5 @@ async def test_stream_bench_drives_a_running_gateway(
     assert len(run["share_by_tenth"]) == min(10, len(REVIEWS))
     weighted = sum(s * len(t) for s, t in zip(run["share_by_tenth"], tenths, strict=False))
     assert abs(weighted / len(REVIEWS) - run["llm_share"]) < 1e-3
+    weighted = sum(a * len(t) for a, t in zip(run["accuracy_by_tenth"], tenths, strict=False))
+    assert abs(weighted / len(REVIEWS) - run["accuracy"]) < 1e-3

@@ -113,3 +113,16 @@ def test_targets_read_the_bars_off_the_rows() -> None:
     rows[3] = _bar_row("cascade", 0.825, 0.29, target_agreement=0.9)
     assert "missed by 0.50%" in targets(rows)
     assert targets([_bar_row("threshold", 0.8, 0.1)]) == ""
+    assert "Second half" not in targets(rows)  # no per-tenth figures: no second-half line
+
+
+def test_targets_also_read_the_second_half_of_the_stream() -> None:
+    llm = {**_bar_row("llm_only", 0.84, 1.0), "share_by_tenth": [1.0] * 10}
+    llm["accuracy_by_tenth"] = [0.84] * 5 + [0.86] * 5
+    ours = _bar_row("cascade", 0.82, 0.35, target_agreement=0.9)
+    ours["share_by_tenth"] = [0.8, 0.5, 0.4, 0.3, 0.3, 0.2, 0.2, 0.25, 0.25, 0.3]
+    ours["accuracy_by_tenth"] = [0.8] * 5 + [0.85] * 5
+    line = targets([llm, ours])
+    assert "large LM alone 86.00% there" in line
+    assert "cascade 0.9: 85.00% at 24.0%" in line
+    assert "best within 30% share 85.00% against 85.00%" in line
