@@ -25,6 +25,10 @@ def _knob(row: dict[str, Any]) -> str:
     return ""
 
 
+def _knob_value(row: dict[str, Any]) -> str:
+    return _knob(row).split("=")[-1]
+
+
 def plot(payload: dict[str, Any]) -> str:
     import matplotlib
 
@@ -97,7 +101,7 @@ def _share_over_stream(
         x = [(i + 0.5) * items / len(tenths) for i in range(len(tenths))]
         static = not r["system"].startswith("cascade")
         ax.plot(x, tenths, ":" if static else "-", color=color, alpha=0.45 if static else 0.8)
-        ax.annotate(_knob(r).split("=")[-1], (x[-1], tenths[-1]), fontsize=7, color=color)
+        ax.annotate(_knob_value(r), (x[-1], tenths[-1]), fontsize=7, color=color)
     ax.set_xlabel("items into the stream (cascade: solid; static threshold: dotted)")
     ax.set_ylabel("share sent to the large LM, per tenth")
     ax.grid(alpha=0.3)
@@ -149,8 +153,7 @@ def targets(rows: list[dict[str, Any]]) -> str:
     if llm is None or not ours:
         return ""
     bar = llm["accuracy"] - 0.01
-    within = [r for r in ours if r["llm_share"] <= 0.30]
-    best = max(within, key=lambda r: r["accuracy"]) if within else None
+    best = _best_within_30(ours)
     first = (
         f"best learning cascade at <= 30% large-LM share: {best['accuracy']:.2%} at "
         f"{best['llm_share']:.1%} ({best['system']}, {_knob(best)}) against a bar of {bar:.2%} "
@@ -162,6 +165,11 @@ def targets(rows: list[dict[str, Any]]) -> str:
     systems = sorted({r["system"] for r in rows} - {"llm_only"})
     second = "nearest 10% share: " + "; ".join(_nearest(rows, sy, 0.10) for sy in systems)
     return f"Targets: {first}. {second}." + _settled(ours, llm)
+
+
+def _best_within_30(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    within = [r for r in rows if r["llm_share"] <= 0.30]
+    return max(within, key=lambda r: r["accuracy"]) if within else None
 
 
 def _settled(ours: list[dict[str, Any]], llm: dict[str, Any]) -> str:
@@ -177,12 +185,11 @@ def _settled(ours: list[dict[str, Any]], llm: dict[str, Any]) -> str:
     mine = [r for r in half if r["system"] != "llm_only"]
     if base is None or not mine:
         return ""
-    within = [r for r in mine if r["llm_share"] <= 0.30]
     points = "; ".join(
-        f"{r['system']} {_knob(r).split('=')[-1]}: {r['accuracy']:.2%} at {r['llm_share']:.1%}"
+        f"{r['system']} {_knob_value(r)}: {r['accuracy']:.2%} at {r['llm_share']:.1%}"
         for r in sorted(mine, key=lambda r: r["llm_share"])
     )
-    best = max(within, key=lambda r: r["accuracy"]) if within else None
+    best = _best_within_30(mine)
     verdict = (
         f"best within 30% share {best['accuracy']:.2%} against {base['accuracy'] - 0.01:.2%}"
         if best

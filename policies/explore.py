@@ -24,6 +24,21 @@ class Explorer:
         self.floor = floor
         self.seen = 0
 
+    @classmethod
+    def for_policy(
+        cls, has_target: bool, beta: float | None = None, floor: float | None = None
+    ) -> Explorer:
+        """A policy's explorer: with a quality target it explores heavily while young (beta^k)
+        and keeps the floor for the agreement estimate; without one, only if asked."""
+        return cls(
+            beta=beta if beta is not None else (0.99 if has_target else 0.0),
+            floor=floor if floor is not None else (TARGET_FLOOR if has_target else 0.0),
+        )
+
+    def keep_target_floor(self) -> None:
+        """A target set later on a policy that had none: keep at least the target's floor."""
+        self.floor = max(self.floor, TARGET_FLOOR)
+
     @property
     def probability(self) -> float:
         decay = self.beta**self.seen if self.beta > 0 else 0.0

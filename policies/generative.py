@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from policies.base import Decision, Features, Policy, PolicyError, register
-from policies.explore import TARGET_FLOOR, Explorer
+from policies.explore import Explorer
 from policies.features import (
     ALPHAS,
     chow_average,
@@ -46,9 +46,7 @@ class _ScoreRule(Policy):
             raise PolicyError(f"{self.kind}: give a threshold or a target_agreement")
         self.threshold = None if threshold is None else float(threshold)
         self.op = OperatingPoint(target_agreement) if target_agreement is not None else None
-        floor = explore_floor if explore_floor is not None else (TARGET_FLOOR if self.op else 0.0)
-        beta = beta if beta is not None else (0.99 if self.op else 0.0)
-        self.explorer = Explorer(beta=beta, floor=floor)
+        self.explorer = Explorer.for_policy(self.op is not None, beta, explore_floor)
         self.learned = self.op is not None
 
     def inputs(self, f: Features) -> np.ndarray:
@@ -97,7 +95,7 @@ class _ScoreRule(Policy):
                 raise PolicyError(f"target_agreement must be in (0, 1], got {t}")
             if self.op is None:
                 self.op = OperatingPoint(t)
-                self.explorer.floor = max(self.explorer.floor, TARGET_FLOOR)
+                self.explorer.keep_target_floor()
                 self.learned = True
             else:
                 self.op.target = t

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from policies.base import Decision, Features, Policy, PolicyError, register
-from policies.explore import TARGET_FLOOR, Explorer
+from policies.explore import Explorer
 from policies.operating import OperatingPoint
 
 
@@ -26,10 +26,7 @@ class ThresholdPolicy(Policy):
         if target_agreement is not None:
             target_agreement = check_target(target_agreement)
         self.op = OperatingPoint(target_agreement) if target_agreement is not None else None
-        # with a target, explore heavily while young (beta^k) and keep a floor for the estimate
-        floor = explore_floor if explore_floor is not None else (TARGET_FLOOR if self.op else 0.0)
-        beta = beta if beta is not None else (0.99 if self.op else 0.0)
-        self.explorer = Explorer(beta=beta, floor=floor)
+        self.explorer = Explorer.for_policy(self.op is not None, beta, explore_floor)
         self.learned = self.op is not None
 
     def score(self, features: Features) -> float:
@@ -63,7 +60,7 @@ class ThresholdPolicy(Policy):
             t = check_target(params["target_agreement"])
             if self.op is None:
                 self.op = OperatingPoint(t)
-                self.explorer.floor = max(self.explorer.floor, TARGET_FLOOR)
+                self.explorer.keep_target_floor()
                 self.learned = True
             else:
                 self.op.target = t
