@@ -122,6 +122,8 @@ def record_level(p: Walk, i: int, out: LevelOutput) -> None:
     if out.ready and out.valid:
         d = policy.decide(features_of(out, p.outputs[:-1]))
         p.decisions[level.name] = d
+        if policy.explorer is not None:
+            policy.explorer.decided()
         if not d.defer and not p.exploring:
             p.answer, trace.answered = out, True
             p.deltas[pre + "answered"] = 1

@@ -76,6 +76,8 @@ async def test_levels_and_policies_change_after_demonstrations(
         assert 0 < len(policy.op.samples) <= 4
         view = s["levels"]["logistic"]["policy"]
         assert view["explore_probability"] == pytest.approx(0.98**4)
+        # exploration decays with the items the serving process decided on, too
+        assert policy.explorer.traffic == 4
 
 
 async def test_deferral_rate_falls_on_an_easy_stream(
