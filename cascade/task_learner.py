@@ -110,7 +110,12 @@ class TaskLearner:
             decision = (rec or {}).get("decision") or {}
             wrong = self._wrong(rec, d) if feats is not None and rec is not None else None
             if feats is not None and wrong is not None:
-                pol.update(feats, wrong, bool(decision.get("explored")) and genuine)
+                # feedback is no sample of the traffic (clients choose what to correct): it
+                # teaches the policy but is no evidence for its agreement estimate
+                sampled = genuine and d.source != "feedback"
+                explored = bool(decision.get("explored")) and sampled
+                deferred = bool(decision.get("defer")) and sampled and not explored
+                pol.update(feats, wrong, explored, deferred)
                 changed = changed or pol.learned
             if isinstance(pol, OCLPolicy):
                 ok = feats is not None and feats.probs is not None and d.label in self.labels

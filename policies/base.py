@@ -97,9 +97,12 @@ class Policy(ABC):
         """Deferral score without exploration; higher means more reason to defer."""
         return self.decide(features).score
 
-    def update(self, features: Features, wrong: bool, explored: bool) -> None:  # noqa: B027
+    def update(  # noqa: B027
+        self, features: Features, wrong: bool, explored: bool, deferred: bool = False
+    ) -> None:
         """Learn from one demonstration: ``wrong`` when the level's answer disagreed with the
-        large LM (deferring was right); ``explored`` when the item was an exploration sample."""
+        large LM (deferring was right); ``explored`` when the item was an exploration sample;
+        ``deferred`` when this level (and every one before it) deferred it on its own."""
 
     def remember(self, features: Features, wrong: bool) -> None:  # noqa: B027 (optional)
         """Rebuild training memory after a learner restart (no learning step, no counts)."""

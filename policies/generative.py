@@ -65,10 +65,12 @@ class _ScoreRule(Policy):
             defer = s > self.threshold
         return Decision(defer=defer, score=s, explore=False)
 
-    def update(self, features: Features, wrong: bool, explored: bool) -> None:
+    def update(
+        self, features: Features, wrong: bool, explored: bool, deferred: bool = False
+    ) -> None:
         self.explorer.seen += 1
-        if self.op is not None and explored:
-            self.op.observe(self.inputs(features), not wrong)
+        if self.op is not None and (explored or deferred):
+            self.op.observe(self.inputs(features), not wrong, deferred=not explored)
             self.op.refit(self.score_batch)
 
     def params(self) -> dict[str, float]:
@@ -209,11 +211,13 @@ class PosthocQuantile(_ScoreRule):
             self.ys.append(0 if wrong else 1)
             self._since += 1
 
-    def update(self, features: Features, wrong: bool, explored: bool) -> None:
+    def update(
+        self, features: Features, wrong: bool, explored: bool, deferred: bool = False
+    ) -> None:
         self.remember(features, wrong)
         if len(self.ys) >= self.min_examples and self._since >= self.refit_every:
             self.refit()
-        super().update(features, wrong, explored)
+        super().update(features, wrong, explored, deferred)
 
     def refit(self) -> None:
         x, y = np.stack(self.xs), np.array(self.ys)

@@ -111,11 +111,13 @@ class OCLPolicy(Policy):
             defer = d > 0.5
         return Decision(defer=defer, score=d, explore=False)
 
-    def update(self, features: Features, wrong: bool, explored: bool) -> None:
+    def update(
+        self, features: Features, wrong: bool, explored: bool, deferred: bool = False
+    ) -> None:
         """Book-keeping per demonstration; the gradient step is ``ocl_update`` (joint)."""
         self.explorer.seen += 1
-        if self.op is not None and explored:
-            self.op.observe(self.vector(features), not wrong)
+        if self.op is not None and (explored or deferred):
+            self.op.observe(self.vector(features), not wrong, deferred=not explored)
             self.op.refit(self.d_batch)
 
     # ------------------------------------------------------------------ operator surface

@@ -7,6 +7,15 @@ unbiased sample of what the level would answer at that threshold; the operating 
 largest threshold whose agreement (a one-sided Wilson lower bound, z = 0.5 by default, so
 small samples answer less) stays at or above the target: the fewest large-LM calls at the
 asked-for quality.
+
+Items the level deferred on its own reach the large LM too, every one of them. They are no
+uniform sample (they are the level's least confident items), but whether the level's answer
+agrees depends on the item only through its score as far as the deferral could see, so they
+say how likely agreement is *at a given score*. The estimate is therefore post-stratified:
+P(agree | score) is an isotonic fit on every labelled item (explored and deferred), averaged
+over the explored items' scores, which give the traffic's mix. Deferrals are many and recent
+right where the threshold sits; the explored items alone are few (a 1% floor) and, on a young
+level, mostly from its first few hundred items, scored by a level that has learned since.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 
 import numpy as np
+from sklearn.isotonic import IsotonicRegression
 
 
 def wilson_lower(successes: float, n: float, z: float) -> float:
@@ -48,24 +58,42 @@ class OperatingPoint:
         self.target = target
         self.z = z
         self.min_samples = min_samples
-        self.samples: deque[tuple[np.ndarray, float]] = deque(maxlen=window)
+        self.samples: deque[tuple[np.ndarray, float]] = deque(maxlen=window)  # explored
+        self.deferred: deque[tuple[np.ndarray, float]] = deque(maxlen=window)
         self.threshold = initial  # answer when score < threshold; 0.0 answers nothing
         self._scores = np.zeros(0)
+        self._p_agree = np.zeros(0)  # P(agree | score) at each explored sample
 
-    def observe(self, x: np.ndarray, agreed: bool) -> None:
-        self.samples.append((np.asarray(x, dtype=np.float32), float(agreed)))
+    def observe(self, x: np.ndarray, agreed: bool, deferred: bool = False) -> None:
+        """A labelled item: an explored one (a uniform sample of the level's traffic) or,
+        with ``deferred``, one the level deferred on its own (evidence at its score only)."""
+        kept = (np.asarray(x, dtype=np.float32), float(agreed))
+        (self.deferred if deferred else self.samples).append(kept)
+
+    def _fit(self, score: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Score the explored samples and estimate P(agree | score) at each of them."""
+        x = np.stack([v for v, _ in self.samples])
+        self._scores = np.asarray(score(x), dtype=np.float64)
+        agreed = np.array([a for _, a in self.samples])
+        if not self.deferred:
+            self._p_agree = agreed
+            return
+        dx = np.stack([v for v, _ in self.deferred])
+        d_scores = np.asarray(score(dx), dtype=np.float64)
+        d_agreed = np.array([a for _, a in self.deferred])
+        iso = IsotonicRegression(increasing=False, y_min=0.0, y_max=1.0, out_of_bounds="clip")
+        iso.fit(np.concatenate([self._scores, d_scores]), np.concatenate([agreed, d_agreed]))
+        self._p_agree = iso.predict(self._scores)
 
     def refit(self, score: Callable[[np.ndarray], np.ndarray]) -> float:
         """Largest threshold whose lower-bound agreement meets the target (0: answer none)."""
         if len(self.samples) < self.min_samples:
             self.threshold = 0.0
             return self.threshold
-        x = np.stack([v for v, _ in self.samples])
-        self._scores = np.asarray(score(x), dtype=np.float64)
+        self._fit(score)
         order = np.argsort(self._scores, kind="stable")
         scores = self._scores[order]
-        agreed = np.array([a for _, a in self.samples])[order]
-        cum = np.cumsum(agreed)
+        cum = np.cumsum(self._p_agree[order])
         best = 0.0
         for i in range(len(scores)):
             # items 0..i answered: threshold just above scores[i]
@@ -82,10 +110,9 @@ class OperatingPoint:
         process that adopts a published version (and never refits) can then report
         ``estimate`` for the threshold it serves."""
         if self.samples:
-            x = np.stack([v for v, _ in self.samples])
-            self._scores = np.asarray(score(x), dtype=np.float64)
+            self._fit(score)
         else:
-            self._scores = np.zeros(0)
+            self._scores, self._p_agree = np.zeros(0), np.zeros(0)
 
     def estimate(self) -> dict[str, float | int | None]:
         """Agreement among explored items the level answers at the current threshold."""
@@ -98,10 +125,9 @@ class OperatingPoint:
                 "ci95_high": None,
                 "threshold": self.threshold,
             }
-        agreed = np.array([a for _, a in self.samples])[-n_all:]
         inside = self._scores < self.threshold
         n = int(inside.sum())
-        agree = float(agreed[inside].sum()) if n else 0.0
+        agree = float(self._p_agree[inside].sum()) if n else 0.0
         return {
             "n": n,
             "agreement": agree / n if n else None,
@@ -112,18 +138,18 @@ class OperatingPoint:
         }
 
     def state(self) -> dict[str, np.ndarray]:
-        if not self.samples:
-            return {"op_threshold": np.array([self.threshold], dtype=np.float64)}
-        return {
-            "op_x": np.stack([v for v, _ in self.samples]).astype(np.float32),
-            "op_agreed": np.array([a for _, a in self.samples], dtype=np.float32),
-            "op_threshold": np.array([self.threshold], dtype=np.float64),
-        }
+        out = {"op_threshold": np.array([self.threshold], dtype=np.float64)}
+        for prefix, kept in (("op", self.samples), ("op_deferred", self.deferred)):
+            if kept:
+                out[f"{prefix}_x"] = np.stack([v for v, _ in kept]).astype(np.float32)
+                out[f"{prefix}_agreed"] = np.array([a for _, a in kept], dtype=np.float32)
+        return out
 
     def load_state(self, a: dict[str, np.ndarray]) -> None:
-        if "op_x" in a:
-            self.samples.clear()
-            for v, g in zip(a["op_x"], a["op_agreed"], strict=True):
-                self.samples.append((np.asarray(v, dtype=np.float32), float(g)))
+        for prefix, kept in (("op", self.samples), ("op_deferred", self.deferred)):
+            if f"{prefix}_x" in a:
+                kept.clear()
+                for v, g in zip(a[f"{prefix}_x"], a[f"{prefix}_agreed"], strict=True):
+                    kept.append((np.asarray(v, dtype=np.float32), float(g)))
         if "op_threshold" in a:
             self.threshold = float(a["op_threshold"][0])

@@ -37,10 +37,12 @@ class ThresholdPolicy(Policy):
         defer = s >= self.op.threshold if self.op else features.confidence < self.threshold
         return Decision(defer=defer, score=s, explore=False)
 
-    def update(self, features: Features, wrong: bool, explored: bool) -> None:
+    def update(
+        self, features: Features, wrong: bool, explored: bool, deferred: bool = False
+    ) -> None:
         self.explorer.seen += 1
-        if self.op is not None and explored:
-            self.op.observe(np.array([features.confidence]), not wrong)
+        if self.op is not None and (explored or deferred):
+            self.op.observe(np.array([features.confidence]), not wrong, deferred=not explored)
             self.op.refit(_one_minus)
 
     def params(self) -> dict[str, float]:

@@ -130,6 +130,43 @@ def test_report_exposes_the_estimate_with_a_95_interval() -> None:
     assert empty["n"] == 0 and empty["agreement"] is None and empty["ci95_low"] is None
 
 
+def _chosen_confidence(seed: int, use_deferred: bool) -> float:
+    """A young level answering only items of confidence >= 0.9, 2% explored; each of its
+    answers agrees with the large LM with probability = its confidence. Answering every item
+    from c up then agrees (c + 1) / 2 of the time: target 0.85 is met from c = 0.7 up."""
+    rng = np.random.default_rng(seed)
+    p = ThresholdPolicy(target_agreement=0.85)
+    p.op.z = 0.0  # the point estimate: this is about the evidence, not the bound
+    for c in rng.uniform(0.5, 1.0, 4000):
+        explored = rng.random() < 0.02
+        deferred = c < 0.9 and not explored
+        agreed = rng.random() < c
+        if explored or (deferred and use_deferred):  # what ``update`` keeps, refit once
+            p.op.observe(np.array([c]), agreed, deferred=deferred)
+    p.op.refit(lambda x: 1.0 - x[:, 0])
+    return 1.0 - p.op.threshold
+
+
+def test_deferred_items_sharpen_the_operating_point() -> None:
+    """Explored items give the traffic's mix of confidences; deferred ones, all of which reach
+    the large LM, tell how often the level agrees at each confidence near the threshold."""
+    with_deferred = [abs(_chosen_confidence(s, True) - 0.7) for s in range(30)]
+    explored_only = [abs(_chosen_confidence(s, False) - 0.7) for s in range(30)]
+    assert np.mean(with_deferred) < 0.6 * np.mean(explored_only)
+    assert np.mean(with_deferred) < 0.05
+
+
+def test_deferred_items_alone_are_not_a_sample_of_the_traffic() -> None:
+    p = ThresholdPolicy(target_agreement=0.9)
+    for c in GRID:
+        p.update(conf(c), wrong=False, explored=False, deferred=True)
+    assert answer_share(p) == 0.0  # no explored item: the traffic's mix is unknown
+    assert len(p.op.deferred) == len(GRID) and not p.op.samples
+    q = ThresholdPolicy(target_agreement=0.9)
+    q.load_state(p.state())
+    assert len(q.op.deferred) == len(GRID)
+
+
 def test_threshold_state_round_trip() -> None:
     p = fed(0.9, lambda c: c >= 0.8)
     q = ThresholdPolicy(target_agreement=0.9)
@@ -273,6 +310,23 @@ def test_threshold_with_target_explores_by_default() -> None:
     assert p.explore_probability == 1.0
     p.explorer.seen = 10_000
     assert p.explore_probability == pytest.approx(TARGET_FLOOR)  # keeps the estimate alive
+
+
+def test_exploration_with_a_target_decays_with_the_items_decided_on() -> None:
+    """Counted in demonstrations alone, exploration would slow down as the level answers more
+    (the explored items become nearly all the demonstrations): the items it decides on count."""
+    p = ThresholdPolicy(target_agreement=0.9)
+    for _ in range(300):
+        p.explorer.decided()
+    assert p.explore_probability == pytest.approx(0.99**300)
+    p.update(conf(0.9), wrong=False, explored=True)  # a demonstration does not reset it
+    assert p.explore_probability == pytest.approx(0.99**300)
+    q = ThresholdPolicy(target_agreement=0.9)
+    q.load_state(p.state())  # traffic is this process's; a version carries the demonstrations
+    assert q.explore_probability == pytest.approx(0.99)
+    static = OCLPolicy(beta=0.9)  # the paper's policy keeps the paper's k
+    static.explorer.decided()
+    assert static.explore_probability == 1.0
 
 
 # ------------------------------------------------------------------ registry
