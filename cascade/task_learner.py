@@ -114,7 +114,11 @@ class TaskLearner:
                 # teaches the policy but is no evidence for its agreement estimate
                 sampled = genuine and d.source != "feedback"
                 explored = bool(decision.get("explored")) and sampled
-                deferred = bool(decision.get("defer")) and sampled and not explored
+                # a deferral became a demonstration only if every later cheap level deferred
+                # too, which depends on more than this level's score: evidence at its score
+                # only on the last cheap level
+                last = self.order.index(name) == len(self.order) - 2
+                deferred = bool(decision.get("defer")) and sampled and not explored and last
                 pol.update(feats, wrong, explored, deferred)
                 changed = changed or pol.learned
             if isinstance(pol, OCLPolicy):

@@ -102,7 +102,8 @@ class Policy(ABC):
     ) -> None:
         """Learn from one demonstration: ``wrong`` when the level's answer disagreed with the
         large LM (deferring was right); ``explored`` when the item was an exploration sample;
-        ``deferred`` when this level (and every one before it) deferred it on its own."""
+        ``deferred`` when this level (and every one before it) deferred it on its own; a policy
+        may keep such items as evidence of agreement at their score (ThresholdPolicy does)."""
 
     def remember(self, features: Features, wrong: bool) -> None:  # noqa: B027 (optional)
         """Rebuild training memory after a learner restart (no learning step, no counts)."""

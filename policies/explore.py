@@ -43,12 +43,13 @@ class Explorer:
         return cls(
             beta=beta if beta is not None else (0.99 if has_target else 0.0),
             floor=floor if floor is not None else (TARGET_FLOOR if has_target else 0.0),
-            by_traffic=True,
+            by_traffic=has_target,
         )
 
     def keep_target_floor(self) -> None:
         """A target set later on a policy that had none: keep at least the target's floor."""
         self.floor = max(self.floor, TARGET_FLOOR)
+        self.by_traffic = True
 
     def decided(self) -> None:
         """The serving path calls this for every item the policy decides on."""

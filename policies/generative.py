@@ -69,8 +69,10 @@ class _ScoreRule(Policy):
         self, features: Features, wrong: bool, explored: bool, deferred: bool = False
     ) -> None:
         self.explorer.seen += 1
-        if self.op is not None and (explored or deferred):
-            self.op.observe(self.inputs(features), not wrong, deferred=not explored)
+        # explored items only: learned scores move (as in OCLPolicy.update), and an item with
+        # nothing to score defers whatever its window would say
+        if self.op is not None and explored:
+            self.op.observe(self.inputs(features), not wrong)
             self.op.refit(self.score_batch)
 
     def params(self) -> dict[str, float]:

@@ -116,8 +116,11 @@ class OCLPolicy(Policy):
     ) -> None:
         """Book-keeping per demonstration; the gradient step is ``ocl_update`` (joint)."""
         self.explorer.seen += 1
-        if self.op is not None and (explored or deferred):
-            self.op.observe(self.vector(features), not wrong, deferred=not explored)
+        # explored items only: the window is re-scored by an MLP that keeps learning, and a
+        # deferral was chosen on the score at the time, so P(agree | today's score) among
+        # deferrals would not be that of the traffic (ThresholdPolicy's score never moves)
+        if self.op is not None and explored:
+            self.op.observe(self.vector(features), not wrong)
             self.op.refit(self.d_batch)
 
     # ------------------------------------------------------------------ operator surface

@@ -16,6 +16,10 @@ P(agree | score) is an isotonic fit on every labelled item (explored and deferre
 over the explored items' scores, which give the traffic's mix. Deferrals are many and recent
 right where the threshold sits; the explored items alone are few (a 1% floor) and, on a young
 level, mostly from its first few hundred items, scored by a level that has learned since.
+The fit near the threshold thus follows the level as it is now, the mix of scores below it
+comes from a longer past. This holds only where the deferral saw the score the window keeps:
+``ThresholdPolicy`` on the last cheap level (the learner passes nothing else as deferred);
+policies whose score is learned keep explored items only.
 """
 
 from __future__ import annotations
@@ -79,11 +83,16 @@ class OperatingPoint:
             self._p_agree = agreed
             return
         dx = np.stack([v for v, _ in self.deferred])
-        d_scores = np.asarray(score(dx), dtype=np.float64)
-        d_agreed = np.array([a for _, a in self.deferred])
+        s = np.concatenate([self._scores, np.asarray(score(dx), dtype=np.float64)])
+        a = np.concatenate([agreed, [g for _, g in self.deferred]])
+        finite = np.isfinite(s)  # an infinite score (nothing to score) is never answered
+        self._p_agree = agreed.copy()
+        if finite.sum() < 2:
+            return
         iso = IsotonicRegression(increasing=False, y_min=0.0, y_max=1.0, out_of_bounds="clip")
-        iso.fit(np.concatenate([self._scores, d_scores]), np.concatenate([agreed, d_agreed]))
-        self._p_agree = iso.predict(self._scores)
+        iso.fit(s[finite], a[finite])
+        inside = np.isfinite(self._scores)
+        self._p_agree[inside] = iso.predict(self._scores[inside])
 
     def refit(self, score: Callable[[np.ndarray], np.ndarray]) -> float:
         """Largest threshold whose lower-bound agreement meets the target (0: answer none)."""
@@ -146,9 +155,12 @@ class OperatingPoint:
         return out
 
     def load_state(self, a: dict[str, np.ndarray]) -> None:
+        """Adopt a version's windows (both replaced: an empty one is written as absent)."""
+        if "op_threshold" not in a:
+            return
         for prefix, kept in (("op", self.samples), ("op_deferred", self.deferred)):
+            kept.clear()
             if f"{prefix}_x" in a:
-                kept.clear()
                 for v, g in zip(a[f"{prefix}_x"], a[f"{prefix}_agreed"], strict=True):
                     kept.append((np.asarray(v, dtype=np.float32), float(g)))
         if "op_threshold" in a:

@@ -37,6 +37,25 @@ def learner() -> tuple[TaskLearner, ThresholdPolicy]:
     return tl, pol
 
 
+def test_only_the_last_cheap_level_takes_its_deferrals_as_evidence() -> None:
+    """An earlier level's deferral reached the large LM only if the later levels deferred as
+    well, which says more than that level's score: not evidence of agreement at its score."""
+    first, last = ThresholdPolicy(target_agreement=0.9), ThresholdPolicy(target_agreement=0.9)
+    tl = TaskLearner(
+        task="t",
+        labels=["a", "b"],
+        levels=[],
+        policies={"encoder": first, "small": last},
+        level_costs={"encoder": 0.01, "small": 0.5, "large": 1.0},
+        order=["encoder", "small", "large"],
+    )
+    rec = record("b", 0.55, defer=True, explored=False)
+    tl.absorb(
+        [Demo(id="1-0", text="x", label="a", output="a", levels={"encoder": rec, "small": rec})]
+    )
+    assert not first.op.deferred and len(last.op.deferred) == 1
+
+
 def demo(i: int, rec: dict[str, Any], source: str = "llm", label: str = "a") -> Demo:
     return Demo(
         id=f"{i}-0",

@@ -17,7 +17,7 @@ from cascade.stats import wilson
 from policies import Features, PolicyError, ThresholdPolicy, known_policies, make_policy
 from policies.explore import TARGET_FLOOR
 from policies.ocl import OCLPolicy, OCLStep, ocl_update
-from policies.operating import wilson_lower
+from policies.operating import OperatingPoint, wilson_lower
 
 
 def conf(c: float) -> Features:
@@ -165,6 +165,20 @@ def test_deferred_items_alone_are_not_a_sample_of_the_traffic() -> None:
     q = ThresholdPolicy(target_agreement=0.9)
     q.load_state(p.state())
     assert len(q.op.deferred) == len(GRID)
+    q.load_state(ThresholdPolicy(target_agreement=0.9).state())  # a version with none
+    assert not q.op.deferred
+
+
+def test_an_unscorable_deferral_does_not_break_the_fit() -> None:
+    """Generative policies score an item with no token log-probabilities +inf (always defer)."""
+    op = OperatingPoint(0.8)
+    for c in GRID:
+        op.observe(np.array([c]), True)
+    op.observe(np.array([-1.0]), False, deferred=True)
+    op.observe(np.array([0.6]), False, deferred=True)
+    t = op.refit(lambda x: np.where(x[:, 0] < 0, np.inf, 1.0 - x[:, 0]))
+    assert 0.0 < t < np.inf
+    assert op.estimate()["n"] > 0
 
 
 def test_threshold_state_round_trip() -> None:
@@ -327,6 +341,12 @@ def test_exploration_with_a_target_decays_with_the_items_decided_on() -> None:
     static = OCLPolicy(beta=0.9)  # the paper's policy keeps the paper's k
     static.explorer.decided()
     assert static.explore_probability == 1.0
+    plain = ThresholdPolicy(threshold=0.8, beta=0.9)  # no target: k is demonstrations too
+    plain.explorer.decided()
+    assert plain.explore_probability == 1.0
+    plain.set_params(target_agreement=0.9)  # a target set later counts traffic from then
+    plain.explorer.decided()
+    assert plain.explore_probability == pytest.approx(0.9)  # the one decided since
 
 
 # ------------------------------------------------------------------ registry
