@@ -101,7 +101,8 @@ class Cascade:
     # ------------------------------------------------------------------ hot reload
 
     async def refresh(self) -> dict[str, int]:
-        """Adopt each task's newest learned version and the operator's latest settings."""
+        """Adopt each task's newest learned version and the operator's latest settings, and
+        the shared count of items each level decided on."""
         loaded = {}
         for name, rt in self.tasks.items():
             try:
@@ -125,7 +126,30 @@ class Cascade:
                     continue
                 rt.apply(state, latest)
                 loaded[name] = latest
+        await self.sync_traffic()
         return loaded
+
+    async def sync_traffic(self) -> None:
+        """Policies whose exploration decays with traffic count every gateway's: the shared
+        counters hold the items each level decided on, so a new or restarted gateway does not
+        explore as if the level were new (the local count covers what is not flushed yet)."""
+        for name, rt in self.tasks.items():
+            pols = [
+                (lv.name, pol.explorer)
+                for lv, pol in zip(rt.levels, rt.policies, strict=True)
+                if pol is not None and pol.explorer is not None and pol.explorer.by_traffic
+            ]
+            if not pols:
+                continue
+            try:
+                counters = await self.store.read_counters(name)
+            except Exception as e:  # the store is down: count locally meanwhile
+                self.store.errors += 1
+                log.debug("traffic sync failed: %s", e)
+                continue
+            for level, explorer in pols:
+                shared = int(counters.get(f"lvl:{level}:decided", 0))
+                explorer.traffic = max(explorer.traffic, shared)
 
     # ------------------------------------------------------------------ serving
 

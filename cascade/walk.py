@@ -122,6 +122,7 @@ def record_level(p: Walk, i: int, out: LevelOutput) -> None:
     if out.ready and out.valid:
         d = policy.decide(features_of(out, p.outputs[:-1]))
         p.decisions[level.name] = d
+        p.deltas[pre + "decided"] = 1  # shared: every gateway's exploration decays with it
         if policy.explorer is not None:
             policy.explorer.decided()
         if not d.defer and not p.exploring:

@@ -8,9 +8,9 @@ explored items are nearly all the demonstrations there are, k grows only as fast
 and the probability falls as 1 / (1 + t ln(1/beta)) in the items t seen, not as beta^t. On
 the 5,000-item Rotten Tomatoes stream at beta 0.99 that explored ~390 items instead of ~150,
 8% of all traffic sent to the large LM for nothing (docs/BENCHMARKS.md, stream). So the
-policies with a quality target count k as the larger of the demonstrations learned from and
-the items this process has decided on (``traffic``, which a restart forgets; ``seen`` comes
-back with the learned version).
+policies with a quality target count k as the larger of the demonstrations learned from
+(``seen``, versioned) and the items the level has decided on (``traffic``: counted here, and
+raised by the gateway to the shared count of every gateway's decisions on each version poll).
 """
 
 from __future__ import annotations

@@ -145,6 +145,32 @@ async def test_versions_hot_reload_across_gateways(
         np.testing.assert_array_equal(logistic(b).proba_text(FIXED), logistic(a).proba_text(FIXED))
 
 
+async def test_exploration_decays_with_every_gateways_traffic(
+    tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer, redis_prefix: str
+) -> None:
+    """Items one gateway decided on count for another's exploration (through the shared
+    counters): a new replica does not explore as if the level were new."""
+    config = learn_config(tmp_path / "config.yaml", smol_server.base_url, policy=TARGET)
+    env = {"REDIS_URL": REDIS_URL, "CASCADE_REDIS_PREFIX": redis_prefix}
+    async with (
+        learning_app(tmp_path / "a", shared_backends, config, **env) as a,
+        learning_app(tmp_path / "b", shared_backends, config, CASCADE_LEARNER=False, **env) as b,
+    ):
+        pa = gw(a).cascade.task(TASK).policies[0]
+        pb = gw(b).cascade.task(TASK).policies[0]
+        assert pa is not None and pb is not None and pa.explorer and pb.explorer
+        v1 = await learned(a, await send(a, [t for _, t in stream(4)]))
+        assert v1 >= 1 and pa.explorer.traffic == 0  # the level was not ready: no decisions
+        await send(a, [t for _, t in stream(6, start=4)])  # the level decides on these six
+        assert pa.explorer.traffic == 6
+
+        async def b_counts_them() -> bool:
+            return pb.explorer is not None and pb.explorer.traffic == 6
+
+        await eventually(b_counts_them, 5, "gateway b to count gateway a's six decisions")
+        assert pb.explore_probability <= 0.98**6
+
+
 @pytest.mark.parametrize("store", ["embedded", "redis"])
 async def test_restart_resumes_the_learned_version(
     tmp_path: Path,
