@@ -102,7 +102,8 @@ class TaskLearner:
         chain: list[OCLStep] = []
         for name, pol in self.policies.items():
             rec = d.levels.get(name)
-            next_cost = self.level_costs[self.order[self.order.index(name) + 1]]
+            pos = self.order.index(name)
+            next_cost = self.level_costs[self.order[pos + 1]]
             usable = rec is not None and rec.get("ready", True) and rec.get("valid", True)
             feats = Features.from_json(rec.get("features", {})) if usable and rec else None
             if feats is not None and feats.embedding is None and d.embedding is not None:
@@ -117,7 +118,7 @@ class TaskLearner:
                 # a deferral became a demonstration only if every later cheap level deferred
                 # too, which depends on more than this level's score: evidence at its score
                 # only on the last cheap level
-                last = self.order.index(name) == len(self.order) - 2
+                last = pos == len(self.order) - 2
                 deferred = bool(decision.get("defer")) and sampled and not explored and last
                 pol.update(feats, wrong, explored, deferred)
                 changed = changed or pol.learned

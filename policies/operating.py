@@ -163,5 +163,4 @@ class OperatingPoint:
             if f"{prefix}_x" in a:
                 for v, g in zip(a[f"{prefix}_x"], a[f"{prefix}_agreed"], strict=True):
                     kept.append((np.asarray(v, dtype=np.float32), float(g)))
-        if "op_threshold" in a:
-            self.threshold = float(a["op_threshold"][0])
+        self.threshold = float(a["op_threshold"][0])

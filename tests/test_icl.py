@@ -12,7 +12,7 @@ from cascade.levels.base import Demo
 from cascade.levels.lm import LocalLMLevel
 from cascade.levels.neighbours import DemoIndex
 from cascade.versions import TaskState, dump_state, load_state
-from tests.test_levels import LARGE, SENTIMENT_PROMPT, query
+from tests.test_levels import classify_task, query
 
 LABELS = ["positive", "negative"]
 SEEN = [
@@ -31,7 +31,7 @@ def icl_level(backend, encoder, **params: object) -> tuple[LocalLMLevel, TaskCon
         cost=0.1,
         params={"icl_k": 2, "embed": "minilm", **params},
     )
-    task = TaskConfig(kind="classify", labels=LABELS, prompt=SENTIMENT_PROMPT, levels=[cfg, LARGE])
+    task = classify_task(LABELS, cfg)
     level = LocalLMLevel(cfg, task, backend)
     level.encoder = encoder
     return level, task

@@ -12,7 +12,7 @@ from cascade.demos import level_record
 from cascade.levels.base import Demo, LevelOutput
 from cascade.levels.lm import LocalLMLevel
 from cascade.runtime import features_of
-from tests.test_levels import LARGE, SENTIMENT_PROMPT, query
+from tests.test_levels import classify_task, query
 
 LABELS = ["positive", "negative"]
 # what the large LM said; SmolLM2 answers each with a label word, near chance
@@ -32,7 +32,7 @@ ASKED = "a tedious, badly written mess"
 
 def small_level(backend: object, **params: object) -> tuple[LocalLMLevel, TaskConfig]:
     cfg = LevelConfig(name="small", kind="local_lm", backend="small", cost=0.1, params=params)
-    task = TaskConfig(kind="classify", labels=LABELS, prompt=SENTIMENT_PROMPT, levels=[cfg, LARGE])
+    task = classify_task(LABELS, cfg)
     return LocalLMLevel(cfg, task, backend), task  # type: ignore[arg-type]
 
 
