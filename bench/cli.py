@@ -32,6 +32,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         config=Path(args.config) if args.config else None,
         limit=args.limit,
         seed=args.seed,
+        order_seed=args.order_seed,
         distill_n=args.distill_n,
         out=Path(args.out) if args.out else None,
         timing=not args.no_timing,
@@ -208,6 +209,12 @@ def _add_stream(bsub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     s.add_argument("--config", help="configuration file (default: deploy/config.yaml)")
     s.add_argument("--limit", type=int, default=5000)
     s.add_argument("--seed", type=int, default=42)
+    s.add_argument(
+        "--order-seed",
+        type=int,
+        help="replay the same items (--seed, --limit) in another seeded order: measures how "
+        "much a sweep point moves with the order alone, with the recorded large-LM answers",
+    )
     s.add_argument("--mu", type=_floats, help="mu values to sweep, e.g. 0,0.01,0.1")
     s.add_argument("--target-agreement", type=_floats, help="targets to sweep, e.g. 0.9,0.95")
     s.add_argument("--thresholds", type=_floats, help="thresholds for the baselines")

@@ -211,6 +211,7 @@ class StreamBenchArgs:
     config: Path | None = None
     limit: int | None = 5000
     seed: int = 42
+    order_seed: int | None = None  # the same items in another order (see reorder)
     mu: tuple[float, ...] = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3)
     target_agreement: tuple[float, ...] = (0.9, 0.93, 0.95, 0.97, 0.99)
     thresholds: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -224,6 +225,15 @@ class StreamBenchArgs:
 
 
 def load_stream(args: StreamBenchArgs, models_dir: Path) -> Stream:
+    stream = _load_stream(args, models_dir)
+    if args.order_seed is not None:
+        from bench.streams import reorder
+
+        stream = reorder(stream, args.order_seed)
+    return stream
+
+
+def _load_stream(args: StreamBenchArgs, models_dir: Path) -> Stream:
     from bench.streams import builtin, from_file
     from cascade.config import PromptConfig
 
@@ -329,6 +339,7 @@ async def stream_bench(args: StreamBenchArgs) -> dict[str, Any]:
         "items": len(stream.items),
         "labels": stream.labels,
         "seed": args.seed,
+        "order_seed": args.order_seed,
         "seconds_per_call": seconds,
         "large_level": llm_name,
         "distill_n": args.distill_n,

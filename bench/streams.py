@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cascade.config import PromptConfig, TaskConfig
@@ -72,6 +72,15 @@ def _shuffle(items: list[Item], seed: int, limit: int | None) -> list[Item]:
     items = list(items)
     rng.shuffle(items)
     return items[:limit] if limit else items
+
+
+def reorder(stream: Stream, order_seed: int) -> Stream:
+    """The same items in another seeded order. A learning cascade's figures depend on the
+    order it meets the items in (its warm-up, its exploration coins); replaying the items whose
+    large-LM answers are recorded in other orders measures that spread without new annotation."""
+    items = list(stream.items)
+    random.Random(order_seed).shuffle(items)
+    return replace(stream, items=items)
 
 
 def _dedupe(items: list[Item]) -> list[Item]:
