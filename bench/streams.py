@@ -78,9 +78,7 @@ def reorder(stream: Stream, order_seed: int) -> Stream:
     """The same items in another seeded order. A learning cascade's figures depend on the
     order it meets the items in (its warm-up, its exploration coins); replaying the items whose
     large-LM answers are recorded in other orders measures that spread without new annotation."""
-    items = list(stream.items)
-    random.Random(order_seed).shuffle(items)
-    return replace(stream, items=items)
+    return replace(stream, items=_shuffle(stream.items, order_seed, None))
 
 
 def _dedupe(items: list[Item]) -> list[Item]:
