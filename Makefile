@@ -7,10 +7,18 @@ HOST   ?= 127.0.0.1
 
 .PHONY: install serve test bench lint fmt clean
 
+# llama-cpp-python compiles llama.cpp here. Its default native build (-march=native) also emits
+# AMX where the CPU lists it, and some VMs list AMX but fault on it (SIGILL at the first prompt
+# of more than one token): so name the instruction sets instead, AVX2 always, AVX-512 where
+# present, AMX never. --no-cache-dir: a wheel pip cached from a native build is never reused.
+LLAMA_PIN  := $(shell grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF $(if $(shell grep -qw avx512bw /proc/cpuinfo 2>/dev/null && echo y),-DGGML_AVX512=ON)
+
 $(BIN)/cascade-gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.13.0
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir '$(LLAMA_PIN)'
 	$(BIN)/pip install -e '.[dev]'
 	@touch $@
 
