@@ -88,6 +88,9 @@ class ThresholdPolicyConfig(_Strict):
     )
     beta: float | None = Field(None, ge=0.0, lt=1.0, description="exploration decay")
     explore_floor: float | None = Field(None, ge=0.0, le=1.0)
+    warmup: int = Field(
+        0, ge=0, description="send the first n items on to the large LM to learn from"
+    )
 
 
 class PolicyConfigAny(_Strict):

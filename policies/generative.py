@@ -41,12 +41,13 @@ class _ScoreRule(Policy):
         target_agreement: float | None = None,
         beta: float | None = None,
         explore_floor: float | None = None,
+        warmup: int = 0,
     ) -> None:
         if threshold is None and target_agreement is None:
             raise PolicyError(f"{self.kind}: give a threshold or a target_agreement")
         self.threshold = None if threshold is None else float(threshold)
         self.op = OperatingPoint(target_agreement) if target_agreement is not None else None
-        self.explorer = Explorer.for_policy(self.op is not None, beta, explore_floor)
+        self.explorer = Explorer.for_policy(self.op is not None, beta, explore_floor, warmup)
         self.learned = self.op is not None
 
     def inputs(self, f: Features) -> np.ndarray:
@@ -174,10 +175,11 @@ class PosthocQuantile(_ScoreRule):
         target_agreement: float | None = None,
         beta: float | None = None,
         explore_floor: float | None = None,
+        warmup: int = 0,
     ) -> None:
         if threshold is None and target_agreement is None:
             threshold = 0.5
-        super().__init__(threshold, target_agreement, beta, explore_floor)
+        super().__init__(threshold, target_agreement, beta, explore_floor, warmup)
         self.c, self.refit_every, self.min_examples = c, refit_every, min_examples
         self.xs: list[np.ndarray] = []
         self.ys: list[int] = []

@@ -21,12 +21,13 @@ class ThresholdPolicy(Policy):
         target_agreement: float | None = None,
         beta: float | None = None,
         explore_floor: float | None = None,
+        warmup: int = 0,
     ) -> None:
         self.threshold = check_unit("threshold", threshold)
         if target_agreement is not None:
             target_agreement = check_target(target_agreement)
         self.op = OperatingPoint(target_agreement) if target_agreement is not None else None
-        self.explorer = Explorer.for_policy(self.op is not None, beta, explore_floor)
+        self.explorer = Explorer.for_policy(self.op is not None, beta, explore_floor, warmup)
         self.learned = self.op is not None
 
     def score(self, features: Features) -> float:
@@ -47,6 +48,8 @@ class ThresholdPolicy(Policy):
 
     def params(self) -> dict[str, float]:
         out = {"threshold": self.threshold, "explore_probability": self.explorer.probability}
+        if self.explorer.warmup:
+            out["warmup"] = self.explorer.warmup
         if self.op is not None:
             out["target_agreement"] = self.op.target
             out["operating_threshold"] = 1.0 - self.op.threshold

@@ -80,6 +80,28 @@ async def test_levels_and_policies_change_after_demonstrations(
         assert policy.explorer.traffic == 4
 
 
+async def test_warmup_sends_the_first_items_on_as_uniform_samples(
+    tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer
+) -> None:
+    """With warmup n, the first n items the level could answer all reach the large LM as
+    exploration samples (at beta 0.5 alone, six in a row would be a 1-in-30,000 chance); then
+    exploration is what it would have been, and the operating point starts from n samples."""
+    policy = {**TARGET, "beta": 0.5, "warmup": 6}
+    config = learn_config(tmp_path / "config.yaml", smol_server.base_url, policy=policy)
+    async with learning_app(tmp_path, shared_backends, config) as client:
+        pol = gw(client).cascade.task(TASK).policies[0]
+        assert pol is not None and pol.explorer is not None and pol.op is not None
+        await learned(client, await send(client, [t for _, t in stream(4)]))  # not ready yet
+        for _, text in stream(6, start=4):
+            body = await ask(client, text)
+            assert body["level"] == "large" and body["levels"][0]["ready"] is True
+        await learned(client, 10)
+        view = (await stats(client))["tasks"][TASK]["levels"]["logistic"]
+        assert view["policy"]["warmup"] == 6
+        assert view["policy"]["explore_probability"] == pytest.approx(0.5**6)
+        assert pol.explorer.seen == 6 and len(pol.op.samples) == 6
+
+
 async def test_deferral_rate_falls_on_an_easy_stream(
     tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer
 ) -> None:

@@ -352,6 +352,30 @@ def test_exploration_with_a_target_decays_with_the_items_decided_on() -> None:
 # ------------------------------------------------------------------ registry
 
 
+def test_warmup_sends_the_first_items_on_then_decays_as_before() -> None:
+    """During warm-up every item is explored (a uniform sample, not a deferral); afterwards
+    exploration is what it would have been without one, and a version keeps the count."""
+    p = ThresholdPolicy(target_agreement=0.9, warmup=50)
+    assert p.params()["warmup"] == 50
+    for _ in range(49):
+        p.explorer.decided()
+    assert p.explore_probability == 1.0
+    p.explorer.decided()
+    assert p.explore_probability == pytest.approx(0.99**50)
+    q = ThresholdPolicy(target_agreement=0.9, warmup=50)
+    for _ in range(50):
+        q.update(conf(0.9), wrong=False, explored=True)  # demonstrations count as well
+    assert q.explore_probability == pytest.approx(0.99**50)
+    assert len(q.op.samples) == 50 and q.op.threshold > 0  # the warm-up seeded the estimate
+    assert "warmup" not in ThresholdPolicy(target_agreement=0.9).params()
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "ten"])
+def test_warmup_must_be_a_whole_number(bad: object) -> None:
+    with pytest.raises(PolicyError, match="warmup"):
+        make_policy("threshold", target_agreement=0.9, warmup=bad)
+
+
 def test_unknown_kind_names_the_known_kinds() -> None:
     """In a fresh interpreter, before any lazily imported policy module was loaded."""
     code = (
