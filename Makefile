@@ -10,8 +10,9 @@ HOST   ?= 127.0.0.1
 # llama-cpp-python compiles llama.cpp here. Its default native build (-march=native) also emits
 # AMX where the CPU lists it, and some VMs list AMX but fault on it (SIGILL at the first prompt
 # of more than one token): so name the instruction sets instead, AVX2 always, AVX-512 where
-# present, AMX never. pip caches the wheel (the Dockerfile test reuses it); a wheel cached by an
-# older, native build would be reused too: `.venv/bin/pip cache remove llama_cpp_python` drops it.
+# present, AMX never. --no-cache-dir: the instruction sets change a small model's greedy text
+# (the tests pin SmolLM2's answers, which an AVX2-only build does not give), and pip's cache
+# would hand out whichever build came first, such as the AVX2 one tests/test_dockerfile.py makes.
 LLAMA_PIN  := $(shell grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml)
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF $(if $(shell grep -qw avx512bw /proc/cpuinfo 2>/dev/null && echo y),-DGGML_AVX512=ON)
 
@@ -19,7 +20,7 @@ $(BIN)/cascade-gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.13.0
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install '$(LLAMA_PIN)'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir '$(LLAMA_PIN)'
 	$(BIN)/pip install -e '.[dev]'
 	@touch $@
 
