@@ -258,6 +258,12 @@ over the large LM alone (seconds per call: {", ".join(f"{k} {v:.4f}" for k, v in
     write_section(f"stream:{payload['stream']}", body)
 
 
+def _order(run: dict[str, Any]) -> str:
+    """The --order-seed a run replayed its items in (none: the seeded order itself)."""
+    seed = run.get("order_seed")
+    return "" if seed is None else f" --order-seed {seed}"
+
+
 def write_combined_report(
     results: list[Path], baselines: Path | None, name: str, config: str | None
 ) -> dict[str, Any]:
@@ -282,13 +288,18 @@ def write_combined_report(
     flags = f" --config {config}" if config else ""
     cmds = "\n".join(
         f"    cascade-gateway bench stream --stream {r['stream']} --limit {r['items']} "
-        f"--seed {r['seed']}{flags} --thresholds '' --mu '' --target-agreement "
+        f"--seed {r['seed']}{_order(r)}{flags} --thresholds '' --mu '' --target-agreement "
         + ",".join(f"{row['target_agreement']:g}" for row in r["runs"] if "target_agreement" in row)
-        + f" --no-doc --out {p}"
+        + f" --no-doc{'' if r.get('seconds_per_call') else ' --no-timing'} --out {p}"
         for r, p in zip(runs, results, strict=True)
     )
     secs = "; ".join(
-        f"{p.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["seconds_per_call"].items())
+        f"{p.name}: "
+        + (
+            ", ".join(f"{k} {v:.3f}" for k, v in r["seconds_per_call"].items())
+            if r.get("seconds_per_call")
+            else "not timed (--no-timing)"
+        )
         for r, p in zip(runs, results, strict=True)
     )
     rel = " ".join(str(p) for p in results)

@@ -83,6 +83,20 @@ def test_combines_variant_runs_beside_baselines(tmp_path: Path, doc: Path) -> No
     assert "| cascade+icl | target_agreement=0.85 | 0.81 | 0.9 | 0.09 | 0.04 |" in text
     assert "| threshold | threshold=0.6 | 0.8 | 0.9 | 0.11 | - |" in text
     assert (doc.parent / "plots" / "stream-rotten-tomatoes-icl.png").stat().st_size > 0
+    assert "icl-0.92.json: small 0.500, large 0.600" in text
+
+
+def test_the_commands_name_the_order_and_an_untimed_run(tmp_path: Path, doc: Path) -> None:
+    """The section's commands are the ones that wrote the JSON: another order's seed, and
+    --no-timing where the run measured no seconds per call (said so, not left blank)."""
+    run = tmp_path / "warm.json"
+    payload = _payload([_row("cascade", 0.82, 0.25, target_agreement=0.9)])
+    run.write_text(json.dumps({**payload, "order_seed": 3, "seconds_per_call": {}}))
+    write_combined_report([run], None, "warm", None)
+    text = doc.read_text()
+    assert "--seed 42 --order-seed 3 --thresholds" in text
+    assert "--no-doc --no-timing --out" in text
+    assert "warm.json: not timed (--no-timing)" in text
 
 
 def test_refuses_results_of_another_stream(tmp_path: Path, doc: Path) -> None:
