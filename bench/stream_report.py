@@ -201,6 +201,22 @@ def _settled(ours: list[dict[str, Any]], llm: dict[str, Any]) -> str:
     )
 
 
+def _order(run: dict[str, Any]) -> str:
+    """The --order-seed a run replayed its items in (none: the seeded order itself)."""
+    seed = run.get("order_seed")
+    return "" if seed is None else f" --order-seed {seed}"
+
+
+def _no_timing(run: dict[str, Any]) -> str:
+    """A run that measured no seconds per call was made with --no-timing."""
+    return "" if run.get("seconds_per_call") else " --no-timing"
+
+
+def _seconds(run: dict[str, Any], digits: int) -> str:
+    secs = run.get("seconds_per_call") or {}
+    return ", ".join(f"{k} {v:.{digits}f}" for k, v in secs.items()) or "not timed (--no-timing)"
+
+
 def write_stream_report(payload: dict[str, Any], args: Any) -> None:
     png = plot(payload)
     rows = payload["runs"]
@@ -213,7 +229,8 @@ def write_stream_report(payload: dict[str, Any], args: Any) -> None:
             if args.file
             else f"--stream {payload['stream']}"
         )
-        + f" --limit {payload['items']} --seed {payload['seed']}"
+        + f" --limit {payload['items']} --seed {payload['seed']}{_order(payload)}"
+        + _no_timing(payload)
         + (f" --config {args.config}" if getattr(args, "config", None) else "")
         + "".join(
             f" --{flag} " + (",".join(f"{v:g}" for v in values) or "''")
@@ -245,7 +262,7 @@ Every system sees the same items in the same seeded order; the cascade learns on
 the large LM's answers (no peeking at labels); `distill` trains its cheap levels on the first
 {payload["distill_n"]} large-LM labels and then freezes them. Cost ratio: configured cost per
 item over the large LM alone; wall ratio: measured seconds per call of each level that ran,
-over the large LM alone (seconds per call: {", ".join(f"{k} {v:.4f}" for k, v in secs.items())}).
+over the large LM alone (seconds per call: {_seconds(payload, 4)}).
 
 ![accuracy vs large-LM share]({png})
 
@@ -256,12 +273,6 @@ over the large LM alone (seconds per call: {", ".join(f"{k} {v:.4f}" for k, v in
 {learner}
 """
     write_section(f"stream:{payload['stream']}", body)
-
-
-def _order(run: dict[str, Any]) -> str:
-    """The --order-seed a run replayed its items in (none: the seeded order itself)."""
-    seed = run.get("order_seed")
-    return "" if seed is None else f" --order-seed {seed}"
 
 
 def write_combined_report(
@@ -290,18 +301,10 @@ def write_combined_report(
         f"    cascade-gateway bench stream --stream {r['stream']} --limit {r['items']} "
         f"--seed {r['seed']}{_order(r)}{flags} --thresholds '' --mu '' --target-agreement "
         + ",".join(f"{row['target_agreement']:g}" for row in r["runs"] if "target_agreement" in row)
-        + f" --no-doc{'' if r.get('seconds_per_call') else ' --no-timing'} --out {p}"
+        + f" --no-doc{_no_timing(r)} --out {p}"
         for r, p in zip(runs, results, strict=True)
     )
-    secs = "; ".join(
-        f"{p.name}: "
-        + (
-            ", ".join(f"{k} {v:.3f}" for k, v in r["seconds_per_call"].items())
-            if r.get("seconds_per_call")
-            else "not timed (--no-timing)"
-        )
-        for r, p in zip(runs, results, strict=True)
-    )
+    secs = "; ".join(f"{p.name}: {_seconds(r, 3)}" for r, p in zip(runs, results, strict=True))
     rel = " ".join(str(p) for p in results)
     base_flag = f" --baselines {baselines}" if baselines else ""
     body = f"""## Stream: {first["stream"]} ({first["items"]} items), cascade+{name}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 import bench.report
-from bench.stream_report import targets, write_combined_report
+from bench.stream_report import targets, write_combined_report, write_stream_report
 
 
 def _row(system: str, accuracy: float, share: float, **knob: float) -> dict[str, Any]:
@@ -97,6 +98,18 @@ def test_the_commands_name_the_order_and_an_untimed_run(tmp_path: Path, doc: Pat
     assert "--seed 42 --order-seed 3 --thresholds" in text
     assert "--no-doc --no-timing --out" in text
     assert "warm.json: not timed (--no-timing)" in text
+
+
+def test_a_sweep_section_names_its_order_and_an_untimed_run(doc: Path) -> None:
+    """`bench stream` without --no-doc writes its own section: the same flags, so a run in
+    another order or without timings can be reproduced from the doc."""
+    payload = _payload([_row("cascade", 0.82, 0.25, target_agreement=0.9)])
+    payload.update(order_seed=2, seconds_per_call={})
+    args = SimpleNamespace(file=None, config=None, thresholds=(), mu=(), target_agreement=(0.9,))
+    write_stream_report(payload, args)
+    text = doc.read_text()
+    assert "--seed 42 --order-seed 2 --no-timing --thresholds ''" in text
+    assert "(seconds per call: not timed (--no-timing))" in text
 
 
 def test_refuses_results_of_another_stream(tmp_path: Path, doc: Path) -> None:
