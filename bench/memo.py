@@ -62,6 +62,12 @@ class _JsonlMemo:
                     f.write(json.dumps({"k": key, "v": value}) + "\n")
 
 
+def memo_key(model: str, kind: str, messages: list[Message], extra: object) -> str:
+    """The memo's key for one call of ``model`` (``kind``: classify or generate)."""
+    body = json.dumps([model, kind, messages, extra], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 class MemoLlama:
     """Wraps a LlamaBackend: ``classify`` and ``generate`` answers are computed once per prompt."""
 
@@ -74,8 +80,7 @@ class MemoLlama:
         return getattr(self.backend, item)
 
     def _key(self, kind: str, messages: list[Message], extra: object) -> str:
-        body = json.dumps([self.name, kind, messages, extra], sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(body.encode()).hexdigest()
+        return memo_key(self.name, kind, messages, extra)
 
     def classify(self, messages: list[Message], matcher: LabelMatcher) -> LMResult:
         key = self._key("classify", messages, sorted(matcher.words.items()))

@@ -1,0 +1,57 @@
+"""bench.lean_sim: the fast replay of the lean cascade learns, defers and fits as the harness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.lean_sim import Arrays, Knobs, frontier, replay
+
+
+def _stream(n: int = 1200, seed: int = 0) -> Arrays:
+    """A stream the probe can learn: the hidden state carries the large LM's label, the small
+    LM's zero-shot answer is a weak guess (right 60% of the time at confidence 0.6)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 2, n)
+    large = np.where(rng.random(n) < 0.9, truth, 1 - truth)
+    hidden = rng.normal(size=(n, 8)).astype(np.float32)
+    hidden[:, 0] += 3.0 * (2 * large - 1)
+    guess = np.where(rng.random(n) < 0.6, large, 1 - large)
+    zero_shot = np.where(guess[:, None] == np.arange(2), 0.6, 0.4)
+    x = np.concatenate([hidden, np.log(zero_shot)], axis=1).astype(np.float32)
+    return Arrays(x, zero_shot, np.ones(n, bool), large, truth)
+
+
+def test_the_cascade_learns_to_answer_and_keeps_its_agreement() -> None:
+    a = _stream()
+    r = replay(a, 0.9, Knobs())
+    assert r["llm_share_second_half"] < 0.5 * r["llm_share"]
+    assert r["agreement"] >= 0.9
+    assert r["llm_share"] < 0.5
+
+
+def test_a_target_of_one_sends_everything_to_the_large_lm() -> None:
+    a = _stream(400)
+    r = replay(a, 1.0, Knobs())
+    assert r["llm_share"] == 1.0
+    assert r["accuracy"] == pytest.approx(float((a.large == a.truth).mean()))
+
+
+def test_invalid_answers_always_reach_the_large_lm() -> None:
+    a = _stream(600)
+    a.valid[:] = False
+    r = replay(a, 0.5, Knobs())
+    assert r["llm_share"] == 1.0 and r["agreement"] == 1.0
+
+
+def test_exploration_seeds_give_different_draws_of_the_same_run() -> None:
+    a = _stream()
+    runs = {replay(a, 0.9, Knobs(), seed=s)["llm_share"] for s in range(3)}
+    assert len(runs) > 1
+    assert replay(a, 0.9, Knobs(), seed=0) == replay(a, 0.9, Knobs(), seed=0)
+
+
+def test_frontier_is_the_line_through_the_points_in_the_band() -> None:
+    pts = [(s, 0.8 + 0.1 * s) for s in (0.2, 0.25, 0.35, 0.4, 0.1, 0.6)]
+    assert frontier(pts, 0.3) == pytest.approx(0.83)
+    assert frontier([(0.2, 0.8), (0.3, 0.81), (0.5, 0.9)], 0.3) is None  # two in the band
