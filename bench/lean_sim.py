@@ -19,7 +19,8 @@ accuracy at 25% and 30% share.
     python -m bench.lean_sim --config bench/configs/rotten-tomatoes-lean.yaml --limit 5000 \\
         --orders seeded,1,2,3 --seeds 3 --out bench/results/lean-sim-rt5000.json
 
-Needs the small LM's memo (bench/cache/, filled by one `bench stream` run over the stream).
+Needs the small LM's memo (bench/cache/: committed for the 5,000 Rotten Tomatoes items; for
+another stream one `bench stream` run over it fills it).
 """
 
 from __future__ import annotations
