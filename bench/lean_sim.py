@@ -8,9 +8,12 @@ a threshold policy with ``target_agreement``, the large LM) from the same memo a
 answers, with the same pieces (``LogisticHead``, ``OperatingPoint``, ``Explorer``) and the
 same order of events as the harness: the exploration coin (``random.Random(0)``) is drawn per
 item, a deferred or explored item's demonstration is learned at once, and the serving side
-adopts the probe and threshold every ``publish_every`` demonstrations. On the seeded 5,000
-items it gives 82.54% at 26.54% for target 0.91 (bench: 82.54% at 26.52%), 81.24% at 9.78% for
-0.84 (81.24% at 9.8%) and 82.22% at 25.78% for order 1 (82.22% at 25.8%).
+adopts the probe and threshold every ``publish_every`` demonstrations. Against the committed
+`bench stream` runs on the 5,000 Rotten Tomatoes items it gives the same accuracy and share at
+target 0.91 in the seeded order and orders 1 and 2 (82.54% at 26.52%, 82.22% at 25.78%, 82.78%
+at 26.48%), at 0.84 seeded (81.24% at 9.78%) and with warm-up 300 at 0.88 (82.74% at 25.86%);
+seeded 0.92 and order 3 at 0.91 drift by a few items (82.74% at 32.64% against 82.72% at
+32.56%; 83.30% at 43.32% against 83.20% at 42.50%).
 
 It then averages what one run cannot: every (order, target, exploration seed) is a point, and
 a straight line through the points between 18% and 42% large-LM share gives each order's
@@ -129,7 +132,7 @@ def load_arrays(stream: Stream, task: TaskConfig, small_model: str, large_model:
         xs.append(np.concatenate([hidden, np.log(np.clip(zs[i], 1e-6, 1.0))]))
         lr = parse_chat_response(resp, large_model, matcher)
         probs = lr.label_probs
-        # -1: the large LM answered outside the label set (an error, as in the harness)
+        # -1: the large LM answered outside the label set (the gateway falls back, degraded)
         large[i] = -1 if not probs else labels.index(max(labels, key=lambda lab: probs[lab]))
         truth[i] = labels.index(item.label)
     return Arrays(np.stack(xs).astype(np.float32), zs, valid, large, truth)
@@ -163,8 +166,9 @@ def replay(a: Arrays, target: float, knobs: Knobs, seed: int = 0) -> dict[str, f
         if not (explore or defer):
             final[t], called[t] = small, False
             continue
-        if a.large[t] < 0:
-            continue  # no label: nothing to learn, as a demonstration without one
+        if a.large[t] < 0:  # the large LM failed: the gateway serves the small answer, degraded
+            final[t] = small
+            continue  # and there is no label to learn from
         probe.add(a.probe_x[t : t + 1], a.large[t : t + 1])
         explorer.seen += 1
         op.observe(np.array([conf]), small == a.large[t], deferred=not explore)
