@@ -1,19 +1,19 @@
 """A replay of the lean cascade in seconds, for judging a change against order-to-order noise.
 
-`bench stream` runs the real gateway in-process: ~2 minutes per target with the small LM's
-memo filled. One run is one draw: the same configuration moves ~0.3 points between orders of
-the same items (issue 3), so a single curve cannot say whether a change helped. This replays
-the one cascade shape that matters for the Rotten Tomatoes bar (a small LM with its probe,
-a threshold policy with ``target_agreement``, the large LM) from the same memo and recorded
-answers, with the same pieces (``LogisticHead``, ``OperatingPoint``, ``Explorer``) and the
+`bench stream` runs the real gateway in-process: ~2 minutes per target with the small LM's memo
+filled. One run is one draw: the same configuration moves ~0.3 points between orders of the same
+items (issue 3), so a single curve cannot say whether a change helped. This replays the one
+cascade shape that matters for the Rotten Tomatoes bar (a small LM with its probe, a threshold
+policy with ``target_agreement``, the large LM) from the same memo and recorded answers, with
+the same pieces (``LogisticHead``, ``ThresholdPolicy``, the level's ``probe_input``) and the
 same order of events as the harness: the exploration coin (``random.Random(0)``) is drawn per
 item, a deferred or explored item's demonstration is learned at once, and the serving side
 adopts the probe and threshold every ``publish_every`` demonstrations. Against the committed
 `bench stream` runs on the 5,000 Rotten Tomatoes items it gives the same accuracy and share at
 target 0.91 in the seeded order and orders 1 and 2 (82.54% at 26.52%, 82.22% at 25.78%, 82.78%
 at 26.48%), at 0.84 seeded (81.24% at 9.78%) and with warm-up 300 at 0.88 (82.74% at 25.86%);
-seeded 0.92 and order 3 at 0.91 drift by a few items (82.74% at 32.64% against 82.72% at
-32.56%; 83.30% at 43.32% against 83.20% at 42.50%).
+seeded 0.92 and order 3 at 0.91 drift by a few items (82.74% at 32.64% against 82.72% at 32.56%;
+83.30% at 43.32% against 83.20% at 42.50%).
 
 It then averages what one run cannot: every (order, target, exploration seed) is a point, and
 a straight line through the points between 18% and 42% large-LM share gives each order's
@@ -46,9 +46,10 @@ from bench.streams import Stream, builtin, reorder
 from cascade.backends.openai_http import parse_chat_response
 from cascade.config import LevelConfig, TaskConfig, load_config
 from cascade.levels.heads import LogisticHead
+from cascade.levels.lm import probe_input
 from cascade.prompts import LabelMatcher, render_messages
-from policies.explore import Explorer
-from policies.operating import OperatingPoint
+from policies import Features
+from policies.threshold import ThresholdPolicy
 
 BAND = (0.18, 0.42)  # shares whose points the frontier line is fitted on
 
@@ -128,8 +129,7 @@ def load_arrays(stream: Stream, task: TaskConfig, small_model: str, large_model:
         if hit["probs"] and matcher.match_text(hit["text"]) is not None:
             valid[i] = True
             zs[i] = [hit["probs"].get(lab, 0.0) for lab in labels]
-        hidden = _unb64(hit["hidden"])
-        xs.append(np.concatenate([hidden, np.log(np.clip(zs[i], 1e-6, 1.0))]))
+        xs.append(probe_input(_unb64(hit["hidden"]), zs[i]))
         lr = parse_chat_response(resp, large_model, matcher)
         probs = lr.label_probs
         # -1: the large LM answered outside the label set (the gateway falls back, degraded)
@@ -143,9 +143,14 @@ def replay(a: Arrays, target: float, knobs: Knobs, seed: int = 0) -> dict[str, f
     rng = random.Random(seed)
     k = a.zero_shot.shape[1]
     probe = LogisticHead(k, c=knobs.probe_c, refit_every=16, min_examples=32)
-    explorer = Explorer.for_policy(True, knobs.beta, knobs.floor, knobs.warmup)
-    op = OperatingPoint(target)
-    served: tuple[np.ndarray, ...] | None = None  # the probe as last published
+    policy = ThresholdPolicy(
+        target_agreement=target,
+        beta=knobs.beta,
+        explore_floor=knobs.floor,
+        warmup=knobs.warmup,
+    )
+    assert policy.op is not None
+    served: LogisticHead | None = None  # the probe as last published
     threshold, demos = 0.0, 0
     n = len(a.truth)
     final, called = a.large.copy(), np.ones(n, bool)
@@ -155,13 +160,10 @@ def replay(a: Arrays, target: float, knobs: Knobs, seed: int = 0) -> dict[str, f
             continue
         p = a.zero_shot[t]
         if served is not None:
-            mean, scale, coef, intercept = served
-            z = ((a.probe_x[t] - mean) / scale) @ coef.T + intercept
-            q = np.exp(z - z.max())
-            p = (p + q / q.sum()) / 2
+            p = (p + served.proba(a.probe_x[t])) / 2
         conf, small = float(p.max()), int(p.argmax())
-        explore = rng.random() < explorer.probability
-        explorer.decided()
+        explore = rng.random() < policy.explorer.probability
+        policy.explorer.decided()
         defer = 1.0 - conf >= threshold
         if not (explore or defer):
             final[t], called[t] = small, False
@@ -170,15 +172,13 @@ def replay(a: Arrays, target: float, knobs: Knobs, seed: int = 0) -> dict[str, f
             final[t] = small
             continue  # and there is no label to learn from
         probe.add(a.probe_x[t : t + 1], a.large[t : t + 1])
-        explorer.seen += 1
-        op.observe(np.array([conf]), small == a.large[t], deferred=not explore)
-        op.refit(lambda x: 1.0 - x[:, 0])
+        policy.update(Features(confidence=conf), small != a.large[t], explore, not explore)
         demos += 1
         if demos % knobs.publish_every == 0:
             if probe.trained:
-                assert probe.mean is not None and probe.scale is not None
-                served = (probe.mean, probe.scale, probe.coef, probe.intercept)  # type: ignore[assignment]
-            threshold = op.threshold
+                served = LogisticHead(k)
+                served.load_state(probe.state())
+            threshold = policy.op.threshold
     half = n // 2
     return {
         "target_agreement": target,

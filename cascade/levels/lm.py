@@ -40,6 +40,11 @@ def sequence_confidence(token_logprobs: list[float]) -> float:
     return float(math.exp(sum(token_logprobs) / len(token_logprobs)))
 
 
+def probe_input(hidden: np.ndarray, zero_shot: np.ndarray) -> np.ndarray:
+    """The probe's features: the LM's final hidden state and its zero-shot log-probabilities."""
+    return np.concatenate([hidden, np.log(np.clip(zero_shot, 1e-6, 1.0))]).astype(np.float32)
+
+
 class _LMLevel(Level):
     encoder: EncoderBackend | None = None  # params.embed: a sentence embedding of the prompt
 
@@ -120,7 +125,7 @@ class LocalLMLevel(_LMLevel):
     # ------------------------------------------------------------------ probe
 
     def probe_input(self, hidden: np.ndarray, zero_shot: np.ndarray) -> np.ndarray:
-        return np.concatenate([hidden, np.log(np.clip(zero_shot, 1e-6, 1.0))]).astype(np.float32)
+        return probe_input(hidden, zero_shot)
 
     @property
     def probe_ready(self) -> bool:
