@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.lean_sim import Arrays, Knobs, frontier, replay
+from bench.lean_sim import Arrays, Knobs, frontier, replay, summarise
 
 
 def _stream(n: int = 1200, seed: int = 0) -> Arrays:
@@ -55,3 +55,32 @@ def test_frontier_is_the_line_through_the_points_in_the_band() -> None:
     pts = [(s, 0.8 + 0.1 * s) for s in (0.2, 0.25, 0.35, 0.4, 0.1, 0.6)]
     assert frontier(pts, 0.3) == pytest.approx(0.83)
     assert frontier([(0.2, 0.8), (0.3, 0.81), (0.5, 0.9)], 0.3) is None  # two in the band
+
+
+def test_summarise_reads_each_order_and_its_second_half_off_its_own_points() -> None:
+    def point(order: str, share: float, late_gain: float) -> dict[str, object]:
+        return {
+            "order": order,
+            "llm_share": share,
+            "accuracy": 0.8 + 0.1 * share,
+            "llm_share_second_half": share,
+            "accuracy_second_half": 0.8 + 0.1 * share + late_gain,
+            "llm_accuracy_second_half": 0.85 if order == "seeded" else 0.84,
+        }
+
+    pts = [point("seeded", s, 0.01) for s in (0.2, 0.3, 0.4)]
+    pts += [point("1", s, 0.02) for s in (0.2, 0.25, 0.35)]
+    out = summarise(pts)
+    assert list(out) == ["seeded", "1"]
+    assert out["seeded"]["accuracy_at_30"] == pytest.approx(0.83)
+    assert out["seeded"]["second_half_accuracy_at_30"] == pytest.approx(0.84)
+    assert out["1"]["second_half_accuracy_at_30"] == pytest.approx(0.85)
+    assert out["1"]["second_half_llm_accuracy"] == 0.84
+
+
+def test_replay_reports_the_large_lms_own_accuracy_on_the_second_half() -> None:
+    a = _stream(600)
+    r = replay(a, 0.9, Knobs())
+    assert r["llm_accuracy_second_half"] == pytest.approx(
+        float((a.large[300:] == a.truth[300:]).mean())
+    )
