@@ -288,18 +288,20 @@ def write_doc(out: dict[str, Any], command: str, llm_accuracy: float) -> None:
     ]
     at = [v["accuracy_at_30"] for v in out["orders"].values() if v["accuracy_at_30"] is not None]
     mean = float(np.mean(at)) if at else None
+
+    def against(v: float) -> str:
+        return "met" if v >= bar else f"missed by {100 * (bar - v):.2f} points"
+
     verdict = (
         f"mean over {len(at)} orders at 30% share: {100 * mean:.2f}% against a bar of "
         f"{100 * bar:.2f}% (large LM alone {100 * llm_accuracy:.2f}% less 1 point): "
-        + ("met" if mean >= bar else f"missed by {100 * (bar - mean):.2f} points")
+        + against(mean)
         if mean is not None
         else "no order has enough points near 30% share"
     )
     seeded = out["orders"].get("seeded", {}).get("accuracy_at_30")
     if seeded is not None:  # the issue's bar names the seeded order: say it apart from the mean
-        verdict += f"; the seeded order alone: {100 * seeded:.2f}%, " + (
-            "met" if seeded >= bar else f"missed by {100 * (bar - seeded):.2f} points"
-        )
+        verdict += f"; the seeded order alone: {100 * seeded:.2f}%, {against(seeded)}"
     body = f"""## Lean cascade replayed: {name}, {out["items"]} items, expected frontier
 
 Written by `{command}` on {stamp()} ({machine()}): the lean cascade replayed by
