@@ -42,7 +42,6 @@ from threadpoolctl import threadpool_limits
 
 from bench.harness import ANNOTATIONS, CACHE, ROOT
 from bench.memo import _unb64, memo_key
-from bench.report import machine, md_table, plot_path, stamp, write_section
 from bench.streams import Stream, builtin, reorder
 from cascade.backends.openai_http import parse_chat_response
 from cascade.config import LevelConfig, TaskConfig, load_config
@@ -237,94 +236,6 @@ def _job(args: tuple[int | None, float, Knobs, int]) -> dict[str, Any]:
     }
 
 
-def write_doc(out: dict[str, Any], command: str, llm_accuracy: float) -> None:
-    """A section of docs/BENCHMARKS.md and a plot: each order's points and line, the bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    name = Path(out["config"]).stem
-    bar = llm_accuracy - 0.01
-    fig, ax = plt.subplots(figsize=(7, 4.8))
-    for order in out["orders"]:
-        pts = [p for p in out["points"] if str(p["order"]) == order]
-        xs = [100 * p["llm_share"] for p in pts]
-        ys = [100 * p["accuracy"] for p in pts]
-        dots = ax.scatter(xs, ys, s=10, alpha=0.6, label=f"order {order}")
-        figs = out["orders"][order]
-        ends = [figs[k] for k in ("accuracy_at_25", "accuracy_at_30") if figs[k] is not None]
-        if len(ends) == 2:
-            ax.plot([25, 30], [100 * v for v in ends], color=dots.get_facecolor()[0], lw=2)
-    ax.axhline(100 * bar, color="k", ls="--", lw=1, label="bar: large LM alone less 1 point")
-    ax.axvline(30, color="grey", ls=":", lw=1)
-    ax.set_xlabel("large-LM share (%)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{name}: {out['items']} items, every order x target x exploration seed")
-    ax.legend(fontsize=8)
-    png = plot_path(f"lean-sim-{name}-{out['items']}.png")
-    fig.savefig(png, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-    def pct(v: float | None) -> float | None:
-        return None if v is None else 100 * v
-
-    rows = [
-        [
-            order,
-            pct(figs["accuracy_at_25"]),
-            pct(figs["accuracy_at_30"]),
-            pct(figs["second_half_accuracy_at_30"]),
-            pct(figs["second_half_llm_accuracy"]),
-        ]
-        for order, figs in out["orders"].items()
-    ]
-    heads = [
-        "order",
-        "accuracy at 25% share",
-        "accuracy at 30% share",
-        "second half: at 30% share",
-        "second half: large LM alone",
-    ]
-    at = [v["accuracy_at_30"] for v in out["orders"].values() if v["accuracy_at_30"] is not None]
-    mean = float(np.mean(at)) if at else None
-
-    def against(v: float) -> str:
-        return "met" if v >= bar else f"missed by {100 * (bar - v):.2f} points"
-
-    verdict = (
-        f"mean over {len(at)} orders at 30% share: {100 * mean:.2f}% against a bar of "
-        f"{100 * bar:.2f}% (large LM alone {100 * llm_accuracy:.2f}% less 1 point): "
-        + against(mean)
-        if mean is not None
-        else "no order has enough points near 30% share"
-    )
-    seeded = out["orders"].get("seeded", {}).get("accuracy_at_30")
-    if seeded is not None:  # the issue's bar names the seeded order: say it apart from the mean
-        verdict += f"; the seeded order alone: {100 * seeded:.2f}%, {against(seeded)}"
-    body = f"""## Lean cascade replayed: {name}, {out["items"]} items, expected frontier
-
-Written by `{command}` on {stamp()} ({machine()}): the lean cascade replayed by
-bench/lean_sim.py from the small LM's memo and the recorded large-LM answers (it matches
-`bench stream` to an item or two at the seeded points checked), {len(out["points"])} runs: every
-order x target ({", ".join(sorted({str(p["target_agreement"]) for p in out["points"]}))}) x
-exploration seed. Each order's accuracy at 25% and 30% share is read off a straight line through
-its points between {100 * BAND[0]:.0f}% and {100 * BAND[1]:.0f}% share, so one lucky or unlucky
-run does not decide it.
-
-![accuracy vs large-LM share, all runs](plots/{png.name})
-
-{md_table(heads, rows)}
-
-The second half's columns are the learning curve: the same fit on the last {out["items"] // 2}
-items only, beside the large LM's own accuracy on them (each order's second half holds other
-items, so compare within a row).
-
-Target: {verdict}.
-"""
-    write_section(f"lean-sim:{name}:{out['items']}", body)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.lean_sim", description=__doc__.split("\n")[0]
@@ -339,7 +250,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", help="write every point and each order's frontier here (JSON)")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/BENCHMARKS.md")
+    ap.add_argument(
+        "--from",
+        dest="from_file",
+        help="no sweep: re-render the docs section (and --out) from a sweep saved with --out",
+    )
     args = ap.parse_args(argv)
+    from bench.lean_doc import disagreement, write_doc  # lean_doc imports this module
+
+    saved = json.loads(Path(args.from_file).read_text(encoding="utf-8")) if args.from_file else {}
+    if saved:  # re-render a saved sweep: its own config, stream and length
+        args.config, args.stream, args.limit = saved["config"], saved["stream"], saved["items"]
     config = load_config(ROOT / args.config if not Path(args.config).is_absolute() else args.config)
     task = next(iter(config.tasks.values()))
     small, large = _levels(task)
@@ -349,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     base = builtin(args.stream, ROOT / "models", args.seed, args.limit)
     orders = [None if o == "seeded" else int(o) for o in args.orders.split(",")]
     targets = [float(t) for t in args.targets.split(",")]
-    points: list[dict[str, Any]] = []
-    for order in orders:
+    points: list[dict[str, Any]] = saved.get("points", [])
+    for order in [] if saved else orders:
         stream = base if order is None else reorder(base, order)
         arrays = load_arrays(stream, task, small_model, large_model)
         jobs = [(order, t, knobs, s) for t in targets for s in range(args.seeds)]
@@ -359,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                 points.append(r)
                 label = "seeded" if order is None else order
                 print(f"[lean_sim order {label}] {i}/{len(jobs)}", file=sys.stderr, flush=True)
+    if saved:  # the same items in any order: the seeded one gives the large LM's accuracy
+        arrays = load_arrays(base, task, small_model, large_model)
     summary = summarise(points)
     for name, figs in summary.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in figs.items() if v is not None)
@@ -367,18 +290,20 @@ def main(argv: list[str] | None = None) -> int:
     if at30:
         print(f"mean accuracy at 30% share over {len(at30)} orders: {np.mean(at30):.4f}")
     llm_accuracy = float((arrays.large == arrays.truth).mean())
+    cmd = "python -m bench.lean_sim " + " ".join(sys.argv[1:] if argv is None else argv)
     out = {
         "config": args.config,
         "stream": args.stream,
         "items": len(base.items),
+        "command": saved.get("command") if saved else cmd,  # the sweep's (unknown: older files)
         "knobs": knobs.__dict__,
         "orders": summary,
+        "disagreement": disagreement(arrays, list(task.labels)),
         "points": points,
     }
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     if not args.no_doc:
-        cmd = "python -m bench.lean_sim " + " ".join(sys.argv[1:] if argv is None else argv)
         write_doc(out, cmd, llm_accuracy)
     return 0
 

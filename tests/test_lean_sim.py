@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.lean_doc import _source, disagreement
 from bench.lean_sim import Arrays, Knobs, frontier, replay, summarise
 
 
@@ -84,3 +85,37 @@ def test_replay_reports_the_large_lms_own_accuracy_on_the_second_half() -> None:
     assert r["llm_accuracy_second_half"] == pytest.approx(
         float((a.large[300:] == a.truth[300:]).mean())
     )
+
+
+def test_disagreement_counts_who_is_right_where_the_two_answers_differ() -> None:
+    # items: (zero-shot small, large, truth); the small LM answers item 5 outside the label set
+    # and the large LM fails on item 6: neither counts
+    small = np.array([0, 0, 0, 1, 1, 0, 1, 1])
+    large = np.array([1, 1, 0, 0, 1, 1, -1, 1])
+    truth = np.array([1, 0, 0, 1, 1, 1, 0, 0])
+    zero_shot = np.where(small[:, None] == np.arange(2), 0.7, 0.3)
+    valid = np.ones(8, bool)
+    valid[5] = False
+    a = Arrays(np.zeros((8, 3), np.float32), zero_shot, valid, large, truth)
+    d = disagreement(a, ["pos", "neg"])
+    assert d["items"] == 6
+    by = {(p["small"], p["large"]): p for p in d["pairs"]}
+    assert set(by) == {("pos", "neg"), ("neg", "pos"), ("any", "any other")}
+    assert by[("pos", "neg")]["items"] == 2 and by[("pos", "neg")]["large_right"] == 0.5
+    assert by[("neg", "pos")]["items"] == 1 and by[("neg", "pos")]["small_right"] == 1.0
+    every = by[("any", "any other")]
+    assert every["items"] == 3
+    assert every["large_right"] == pytest.approx(1 / 3)
+    assert every["small_right"] == pytest.approx(2 / 3)
+    shares = {s["label"]: s for s in d["shares"]}
+    assert shares["pos"]["truth"] == pytest.approx(3 / 6)
+    assert shares["pos"]["large"] == pytest.approx(2 / 6)
+    assert shares["pos"]["small"] == pytest.approx(3 / 6)
+
+
+def test_a_re_rendered_section_names_the_sweep_its_points_came_from() -> None:
+    sweep = "python -m bench.lean_sim --limit 8000 --out f.json"
+    assert _source({"command": sweep}, sweep) == ""  # written by the sweep itself
+    again = "python -m bench.lean_sim --from f.json"
+    assert f"sweep of `{sweep}` saved" in _source({"command": sweep}, again)
+    assert _source({"command": None}, again) == ", from the points that the sweep saved"
