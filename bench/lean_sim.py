@@ -261,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = json.loads(Path(args.from_file).read_text(encoding="utf-8")) if args.from_file else {}
     if saved:  # re-render a saved sweep: its own config, stream and length
         args.config, args.stream, args.limit = saved["config"], saved["stream"], saved["items"]
+        args.seed = saved.get("seed", 42)  # sweeps saved before the seed was: all used 42
     config = load_config(ROOT / args.config if not Path(args.config).is_absolute() else args.config)
     task = next(iter(config.tasks.values()))
     small, large = _levels(task)
@@ -295,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": args.config,
         "stream": args.stream,
         "items": len(base.items),
+        "seed": args.seed,
         "command": saved.get("command") if saved else cmd,  # the sweep's (unknown: older files)
         "knobs": knobs.__dict__,
         "orders": summary,
