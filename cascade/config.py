@@ -197,6 +197,7 @@ class TaskConfig(_Strict):
                 )
             if lv.kind == "router" and self.levels[i + 1].kind not in ("local_lm", "openai"):
                 raise ValueError(f"router {lv.name!r} must come right before an LM level")
+        self._check_fuse()
         if (
             self.kind == "generate"
             and self.quality.measure == "cosine"
@@ -204,6 +205,42 @@ class TaskConfig(_Strict):
         ):
             raise ValueError("quality.measure cosine needs quality.backend (an encoder)")
         return self
+
+    def _check_fuse(self) -> None:
+        """``params.fuse`` on the large LM: earlier zero-shot LM levels whose label
+        distributions multiply the large LM's (``cascade.fuse``)."""
+        for lv in self.levels[:-1]:
+            if "fuse" in lv.params:
+                raise ValueError(f"level {lv.name!r}: only the last level (the large LM) fuses")
+        raw = self.levels[-1].params.get("fuse")
+        if raw is None:
+            return
+        names = raw if isinstance(raw, list) else [raw]
+        if self.kind != "classify":
+            raise ValueError("params.fuse is for classify tasks: it multiplies label distributions")
+        earlier = {lv.name: lv for lv in self.levels[:-1]}
+        for name in names:
+            lv = earlier.get(str(name))
+            if lv is None:
+                raise ValueError(
+                    f"params.fuse names {name!r}, which is not an earlier level "
+                    f"(earlier levels: {sorted(earlier)})"
+                )
+            if lv.kind not in ("local_lm", "openai"):
+                raise ValueError(
+                    f"params.fuse: level {name!r} is a {lv.kind}; only LM levels "
+                    "have a zero-shot label distribution to fuse"
+                )
+            if int(str(lv.params.get("icl_k", 0) or 0)):
+                raise ValueError(
+                    f"params.fuse: level {name!r} prompts with learned examples "
+                    "(icl_k), so its answer is not zero-shot"
+                )
+
+    def fuse_names(self) -> list[str]:
+        """The levels ``params.fuse`` names (empty: the large LM's answer is served as is)."""
+        raw = self.levels[-1].params.get("fuse")
+        return [] if raw is None else [str(n) for n in (raw if isinstance(raw, list) else [raw])]
 
     def word(self, label: str) -> str:
         return self.label_words.get(label, label)

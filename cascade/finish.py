@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 
 from cascade.demos import build_demo, level_record
+from cascade.fuse import fuse
+from cascade.levels import LevelOutput
 from cascade.outcome import CascadeUnavailableError, Outcome
 from cascade.runtime import features_of
 from cascade.store.base import Store
@@ -69,14 +71,19 @@ async def finish(
         p.deltas["demos"] = 1
         if answer.label is not None:
             count_agreement(p.deltas, answer.label, p.outputs[:-1], p.decisions, p.explored_at)
+    names = rt.config.fuse_names() if by_large else []
+    served = fuse(answer, p.outputs[:-1], names, rt.config.labels) if names else answer
+    if served is not answer:
+        p.deltas["fused"] = 1
+        p.deltas["fused_changed"] = float(served.label != answer.label)
     store.count(rt.name, p.deltas)
     lm = answer.lm
     total = (time.perf_counter() - t0) * 1000
     outcome = Outcome(
         p.request_id,
         rt.name,
-        answer.text,
-        answer.label,
+        served.text,
+        served.label,
         answer.name,
         p.traces,
         cached=False,
@@ -91,15 +98,22 @@ async def finish(
         top_logprobs=None if lm is None else lm.top_logprobs,
         counters=p.deltas,
     )
-    await remember(store, p, outcome, by_large, use_cache, request_ttl_s)
+    await remember(store, p, outcome, served, by_large, use_cache, request_ttl_s)
     observe(outcome)
     return outcome
 
 
 async def remember(
-    store: Store, p: Walk, outcome: Outcome, by_large: bool, use_cache: bool, request_ttl_s: int
+    store: Store,
+    p: Walk,
+    outcome: Outcome,
+    served: LevelOutput,
+    by_large: bool,
+    use_cache: bool,
+    request_ttl_s: int,
 ) -> None:
-    """Cache the outcome, keep a record for feedback, and append the demonstration."""
+    """Cache the answer served, keep a record for feedback, and append the demonstration
+    (the large LM's own answer, even when ``served`` fused it with cheaper ones)."""
     rt, answer = p.rt, p.answer
     assert answer is not None
     key = None
@@ -109,7 +123,7 @@ async def remember(
         writes.append(
             store.cache_set(
                 key,
-                {"output": answer.text, "label": answer.label, "level": answer.name},
+                {"output": served.text, "label": served.label, "level": answer.name},
                 rt.config.cache_ttl_s,
             )
         )
@@ -134,7 +148,7 @@ async def remember(
                 "version": p.version,
                 "cache_key": key,
                 "levels": records,
-                "answer": {"level": answer.name, "label": answer.label, "output": answer.text},
+                "answer": {"level": answer.name, "label": served.label, "output": served.text},
             },
             request_ttl_s,
         )

@@ -69,6 +69,10 @@ def task_stats(c: dict[str, float], level_names: list[str]) -> dict[str, Any]:
         "cost_saved": _r(llm_only - cost, 6),
         "cost_saved_rate": _r(1 - cost / llm_only) if llm_only else None,
         "demonstrations": int(c.get("demos", 0.0)),
+        # large-LM answers served fused with cheaper LMs' (params.fuse), and how many of those
+        # the fusion changed
+        "fused": int(c.get("fused", 0.0)),
+        "fused_changed": int(c.get("fused_changed", 0.0)),
         "levels": {name: level_stats(c, name) for name in level_names},
     }
 

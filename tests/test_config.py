@@ -183,6 +183,32 @@ CASES = {
         "tasks.sentiment.levels.0.cost",
         ["greater than 0"],
     ),
+    "fuse naming a level that does not come before": (
+        "backend: large, cost: 1.0}",
+        "backend: large, cost: 1.0, params: {fuse: [smal]}}",
+        "tasks.sentiment",
+        ["params.fuse names 'smal'", "earlier levels: ['logistic', 'small']"],
+    ),
+    "fuse with a level that is no LM": (
+        "backend: large, cost: 1.0}",
+        "backend: large, cost: 1.0, params: {fuse: [logistic]}}",
+        "tasks.sentiment",
+        ["'logistic' is a logistic", "only LM levels"],
+    ),
+    "fuse on a cheaper level": (
+        "backend: small, cost: 0.1}",
+        "backend: small, cost: 0.1, params: {fuse: [logistic]}}",
+        "tasks.sentiment",
+        ["'small'", "only the last level"],
+    ),
+    "fuse with a level that prompts with learned examples": (
+        "backend: small, cost: 0.1}\n"
+        "      - {name: large, kind: openai, backend: large, cost: 1.0}",
+        "backend: small, cost: 0.1, params: {icl_k: 4}}\n"
+        "      - {name: large, kind: openai, backend: large, cost: 1.0, params: {fuse: small}}",
+        "tasks.sentiment",
+        ["icl_k", "not zero-shot"],
+    ),
 }
 
 
@@ -320,3 +346,25 @@ def test_serve_with_missing_config_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert str(path) in proc.stderr
     assert "cannot read" in proc.stderr
+
+
+def test_fuse_on_a_generate_task_is_a_config_error(tmp_path: Path) -> None:
+    text = BASE.replace("kind: classify\n    labels: [positive, negative]", "kind: generate")
+    text = text.replace("      - {name: logistic, kind: logistic, cost: 0.001}\n", "")
+    text = text.replace(
+        "backend: large, cost: 1.0}", "backend: large, cost: 1.0, params: {fuse: [small]}}"
+    )
+    msg = load_error(write(tmp_path, text))
+    assert "params.fuse is for classify tasks" in msg, msg
+
+
+def test_fuse_is_read_as_a_list_of_earlier_level_names(tmp_path: Path) -> None:
+    text = BASE.replace(
+        "backend: large, cost: 1.0}", "backend: large, cost: 1.0, params: {fuse: small}}"
+    )
+    task = load_config(write(tmp_path, text), env={}).tasks["sentiment"]
+    assert task.fuse_names() == ["small"]
+    assert (
+        load_config(write(tmp_path, BASE, "plain.yaml"), env={}).tasks["sentiment"].fuse_names()
+        == []
+    )

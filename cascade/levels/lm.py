@@ -133,12 +133,12 @@ class LocalLMLevel(_LMLevel):
 
     def to_output(self, r: LMResult, latency_ms: float) -> LevelOutput:
         out = super().to_output(r, latency_ms)
-        if not (self.probe_enabled and out.valid and out.probs is not None):
+        if not (out.valid and out.probs is not None):
             return out
         zero_shot = out.probs
         for lab, pz in zip(self.labels, zero_shot, strict=True):
-            out.extra[f"zs_{lab}"] = float(pz)
-        if self.probe_ready and r.hidden is not None:
+            out.extra[f"zs_{lab}"] = float(pz)  # the LM's own opinion, for stacking and fusing
+        if self.probe_enabled and self.probe_ready and r.hidden is not None:
             probs = self.probe.proba(self.probe_input(r.hidden, zero_shot))
             self._set_probs(out, probs)
             out.extra["zs_agree"] = float(int(np.argmax(zero_shot)) == int(np.argmax(probs)))
