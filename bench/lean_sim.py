@@ -54,6 +54,12 @@ from policies.threshold import ThresholdPolicy
 BAND = (0.18, 0.42)  # shares whose points the frontier line is fitted on
 
 
+def _logp(p: np.ndarray) -> np.ndarray:
+    """Log of a label distribution as a level holds it (``Level.classify_output`` clips)."""
+    p = np.clip(p, 1e-6, 1.0 - 1e-6)
+    return np.log(p / p.sum(axis=1, keepdims=True))
+
+
 @dataclass
 class Arrays:
     """One stream, as the lean cascade sees it: per item, in stream order."""
@@ -63,6 +69,13 @@ class Arrays:
     valid: np.ndarray  # (n,) the small LM answered inside the label set
     large: np.ndarray  # (n,) the large LM's label index
     truth: np.ndarray  # (n,)
+    large_probs: np.ndarray  # (n, classes): the large LM's label distribution (uniform: none)
+
+    def fused(self) -> np.ndarray:
+        """Per item, the answer ``cascade.fuse`` serves when the large LM's distribution is
+        multiplied by the small LM's zero-shot one (the large LM's where either has none)."""
+        logp = _logp(self.large_probs) + _logp(self.zero_shot)
+        return np.where(self.valid & (self.large >= 0), logp.argmax(1), self.large)
 
 
 @dataclass
@@ -74,6 +87,7 @@ class Knobs:
     floor: float | None = None
     warmup: int = 0
     publish_every: int = 8
+    fuse: bool = False  # the large LM's answer is fused with the small LM's zero-shot one
 
 
 def _levels(task: TaskConfig) -> tuple[LevelConfig, LevelConfig]:
@@ -91,6 +105,7 @@ def knobs_of(task: TaskConfig) -> Knobs:
         beta=getattr(pol, "beta", None),
         floor=getattr(pol, "explore_floor", None),
         warmup=int(getattr(pol, "warmup", 0) or 0),
+        fuse=small.name in task.fuse_names(),
     )
 
 
@@ -117,7 +132,7 @@ def load_arrays(stream: Stream, task: TaskConfig, small_model: str, large_model:
                         "response"
                     ]
     n, k = len(stream.items), len(labels)
-    xs, zs = [], np.full((n, k), 1.0 / k)
+    xs, zs, lp = [], np.full((n, k), 1.0 / k), np.full((n, k), 1.0 / k)
     valid, large, truth = np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n, np.int64)
     words = sorted(matcher.words.items())
     for i, item in enumerate(stream.items):
@@ -134,8 +149,10 @@ def load_arrays(stream: Stream, task: TaskConfig, small_model: str, large_model:
         probs = lr.label_probs
         # -1: the large LM answered outside the label set (the gateway falls back, degraded)
         large[i] = -1 if not probs else labels.index(max(labels, key=lambda lab: probs[lab]))
+        if probs:
+            lp[i] = [probs.get(lab, 0.0) for lab in labels]
         truth[i] = labels.index(item.label)
-    return Arrays(np.stack(xs).astype(np.float32), zs, valid, large, truth)
+    return Arrays(np.stack(xs).astype(np.float32), zs, valid, large, truth, lp)
 
 
 def replay(a: Arrays, target: float, knobs: Knobs, seed: int = 0) -> dict[str, float]:
@@ -153,7 +170,8 @@ def replay(a: Arrays, target: float, knobs: Knobs, seed: int = 0) -> dict[str, f
     served: LogisticHead | None = None  # the probe as last published
     threshold, demos = 0.0, 0
     n = len(a.truth)
-    final, called = a.large.copy(), np.ones(n, bool)
+    # what the top of the cascade serves for an item that reaches it
+    final, called = (a.fused() if knobs.fuse else a.large.copy()), np.ones(n, bool)
     for t in range(n):
         if not a.valid[t]:
             demos += 1  # deferred as invalid: a demonstration the probe cannot use
@@ -301,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         "knobs": knobs.__dict__,
         "orders": summary,
         "disagreement": disagreement(arrays, list(task.labels)),
+        "fused_accuracy": float((arrays.fused() == arrays.truth).mean()) if knobs.fuse else None,
         "points": points,
     }
     if args.out:

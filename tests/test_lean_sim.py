@@ -20,7 +20,8 @@ def _stream(n: int = 1200, seed: int = 0) -> Arrays:
     guess = np.where(rng.random(n) < 0.6, large, 1 - large)
     zero_shot = np.where(guess[:, None] == np.arange(2), 0.6, 0.4)
     x = np.concatenate([hidden, np.log(zero_shot)], axis=1).astype(np.float32)
-    return Arrays(x, zero_shot, np.ones(n, bool), large, truth)
+    large_probs = np.where(large[:, None] == np.arange(2), 0.9, 0.1)
+    return Arrays(x, zero_shot, np.ones(n, bool), large, truth, large_probs)
 
 
 def test_the_cascade_learns_to_answer_and_keeps_its_agreement() -> None:
@@ -36,6 +37,22 @@ def test_a_target_of_one_sends_everything_to_the_large_lm() -> None:
     r = replay(a, 1.0, Knobs())
     assert r["llm_share"] == 1.0
     assert r["accuracy"] == pytest.approx(float((a.large == a.truth).mean()))
+
+
+def test_a_fusing_cascade_serves_the_product_of_the_two_distributions() -> None:
+    a = _stream(400)
+    a.large_probs[:200] = np.where(a.large[:200, None] == np.arange(2), 0.55, 0.45)
+    fused = a.fused()
+    # a large LM sure at 0.9 is never overruled by a zero-shot 0.6; at 0.55 it always is
+    assert (fused[200:] == a.large[200:]).all()
+    assert (fused[:200] == a.zero_shot[:200].argmax(axis=1)).all()
+    assert (fused[:200] != a.large[:200]).any()
+    r = replay(a, 1.0, Knobs(fuse=True))  # everything reaches the top
+    assert r["accuracy"] == pytest.approx(float((fused == a.truth).mean()))
+    assert r["agreement"] == pytest.approx(float((fused == a.large).mean()))
+    assert r["accuracy"] != replay(a, 1.0, Knobs())["accuracy"]
+    a.valid[0], a.large[1] = False, -1  # no zero-shot answer; no large-LM answer
+    assert a.fused()[0] == a.large[0] and a.fused()[1] == -1
 
 
 def test_invalid_answers_always_reach_the_large_lm() -> None:
@@ -96,7 +113,7 @@ def test_disagreement_counts_who_is_right_where_the_two_answers_differ() -> None
     zero_shot = np.where(small[:, None] == np.arange(2), 0.7, 0.3)
     valid = np.ones(8, bool)
     valid[5] = False
-    a = Arrays(np.zeros((8, 3), np.float32), zero_shot, valid, large, truth)
+    a = Arrays(np.zeros((8, 3), np.float32), zero_shot, valid, large, truth, zero_shot)
     d = disagreement(a, ["pos", "neg"])
     assert d["items"] == 6
     by = {(p["small"], p["large"]): p for p in d["pairs"]}
