@@ -149,10 +149,33 @@ def cmd_all(args: argparse.Namespace) -> int:
         rc = main_bench([*report, *baselines])
         if rc:
             return rc
+    # the same, serving the large LM's answer fused with the small LM's zero-shot one; its
+    # baselines fuse too (the fusion belongs to the large level, whatever decides deferral)
+    rc = _fused(base, args.no_doc)
+    if rc:
+        return rc
     rc = main_bench(["deferral", "--out", "bench/results/deferral-trec-chat.json", *base])
     if rc:
         return rc
     return main_bench(["load", "--out", "bench/results/load.json", *base])
+
+
+def _fused(base: list[str], no_doc: bool) -> int:
+    fused = "bench/configs/rotten-tomatoes-fused.yaml"
+    out, baselines = "bench/results/fused-rt5000.json", "bench/results/fused-baselines-rt5000.json"
+    stream = ["stream", "--stream", "rotten-tomatoes", "--limit", "5000", "--config", fused]
+    runs = (
+        ["--thresholds", "0.6,0.7,0.8", "--mu", "", "--target-agreement", "", "--out", baselines],
+        ["--thresholds", "", "--mu", "", "--target-agreement", LEAN_TARGETS, "--out", out],
+    )
+    for knobs in runs:
+        rc = main_bench([*stream, *knobs, "--no-doc"])
+        if rc:
+            return rc
+    if no_doc:
+        return 0
+    report = ["stream-report", "--name", "fused", "--config", fused, "--results", out]
+    return main_bench([*report, "--baselines", baselines])
 
 
 def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
