@@ -151,7 +151,7 @@ def cmd_all(args: argparse.Namespace) -> int:
             return rc
     # the same, serving the large LM's answer fused with the small LM's zero-shot one; its
     # baselines fuse too (the fusion belongs to the large level, whatever decides deferral)
-    rc = _fused(base, args.no_doc)
+    rc = _fused(args.no_doc)
     if rc:
         return rc
     rc = main_bench(["deferral", "--out", "bench/results/deferral-trec-chat.json", *base])
@@ -160,7 +160,7 @@ def cmd_all(args: argparse.Namespace) -> int:
     return main_bench(["load", "--out", "bench/results/load.json", *base])
 
 
-def _fused(base: list[str], no_doc: bool) -> int:
+def _fused(no_doc: bool) -> int:
     fused = "bench/configs/rotten-tomatoes-fused.yaml"
     out, baselines = "bench/results/fused-rt5000.json", "bench/results/fused-baselines-rt5000.json"
     stream = ["stream", "--stream", "rotten-tomatoes", "--limit", "5000", "--config", fused]

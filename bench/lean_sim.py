@@ -70,12 +70,18 @@ class Arrays:
     large: np.ndarray  # (n,) the large LM's label index
     truth: np.ndarray  # (n,)
     large_probs: np.ndarray  # (n, classes): the large LM's label distribution (uniform: none)
+    # (n,) the large LM's distribution came from log-probabilities (None: all did); one that
+    # did not is one-hot and cascade.fuse leaves its answer alone
+    large_dist: np.ndarray | None = None
 
     def fused(self) -> np.ndarray:
         """Per item, the answer ``cascade.fuse`` serves when the large LM's distribution is
         multiplied by the small LM's zero-shot one (the large LM's where either has none)."""
         logp = _logp(self.large_probs) + _logp(self.zero_shot)
-        return np.where(self.valid & (self.large >= 0), logp.argmax(1), self.large)
+        ok = self.valid & (self.large >= 0)
+        if self.large_dist is not None:
+            ok &= self.large_dist
+        return np.where(ok, logp.argmax(1), self.large)
 
 
 @dataclass
@@ -133,6 +139,7 @@ def load_arrays(stream: Stream, task: TaskConfig, small_model: str, large_model:
                     ]
     n, k = len(stream.items), len(labels)
     xs, zs, lp = [], np.full((n, k), 1.0 / k), np.full((n, k), 1.0 / k)
+    dist = np.zeros(n, bool)
     valid, large, truth = np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n, np.int64)
     words = sorted(matcher.words.items())
     for i, item in enumerate(stream.items):
@@ -151,8 +158,9 @@ def load_arrays(stream: Stream, task: TaskConfig, small_model: str, large_model:
         large[i] = -1 if not probs else labels.index(max(labels, key=lambda lab: probs[lab]))
         if probs:
             lp[i] = [probs.get(lab, 0.0) for lab in labels]
+            dist[i] = lr.label_mass is not None and not np.isnan(lr.label_mass)
         truth[i] = labels.index(item.label)
-    return Arrays(np.stack(xs).astype(np.float32), zs, valid, large, truth, lp)
+    return Arrays(np.stack(xs).astype(np.float32), zs, valid, large, truth, lp, dist)
 
 
 def replay(a: Arrays, target: float, knobs: Knobs, seed: int = 0) -> dict[str, float]:

@@ -231,7 +231,7 @@ class TaskConfig(_Strict):
                     f"params.fuse: level {name!r} is a {lv.kind}; only LM levels "
                     "have a zero-shot label distribution to fuse"
                 )
-            if int(str(lv.params.get("icl_k", 0) or 0)):
+            if lv.kind == "local_lm" and _number(lv.params.get("icl_k")):
                 raise ValueError(
                     f"params.fuse: level {name!r} prompts with learned examples "
                     "(icl_k), so its answer is not zero-shot"
@@ -289,6 +289,14 @@ class Config(_Strict):
                         f"{needs[lv.kind]} backend, {lv.backend!r} is {b.kind}"
                     )
         return self
+
+
+def _number(v: object) -> float:
+    """A numeric parameter as written (0 when absent or not a number: its level reports it)."""
+    try:
+        return float(str(v)) if v is not None else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _interpolate(text: str, env: Mapping[str, str]) -> str:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from cascade.demos import build_demo, level_record
-from cascade.fuse import fuse
+from cascade.fuse import fuse, fused_logprobs
 from cascade.levels import LevelOutput
 from cascade.outcome import CascadeUnavailableError, Outcome
 from cascade.runtime import features_of
@@ -78,6 +78,13 @@ async def finish(
         p.deltas["fused_changed"] = float(served.label != answer.label)
     store.count(rt.name, p.deltas)
     lm = answer.lm
+    tokens, logprobs, top = (
+        (None, None, None) if lm is None else (lm.tokens, lm.token_logprobs, lm.top_logprobs)
+    )
+    if lm is not None and not lm.has_logprobs:
+        logprobs = None
+    if served is not answer and logprobs is not None:  # what was served, not the large LM's
+        tokens, logprobs, top = fused_logprobs(served, rt.config.labels)
     total = (time.perf_counter() - t0) * 1000
     outcome = Outcome(
         p.request_id,
@@ -93,9 +100,9 @@ async def finish(
         total_ms=total,
         overhead_ms=max(0.0, total - sum(t.latency_ms for t in p.traces)),
         finish_reason=None if lm is None else lm.finish_reason,
-        logprobs=lm.token_logprobs if lm is not None and lm.has_logprobs else None,
-        tokens=None if lm is None else lm.tokens,
-        top_logprobs=None if lm is None else lm.top_logprobs,
+        logprobs=logprobs,
+        tokens=tokens,
+        top_logprobs=top,
         counters=p.deltas,
     )
     await remember(store, p, outcome, served, by_large, use_cache, request_ttl_s)

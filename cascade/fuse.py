@@ -24,10 +24,17 @@ from cascade.levels.base import LevelOutput
 FUSE_KINDS = ("local_lm", "openai")  # levels whose zero-shot label distribution is known
 
 
+def has_distribution(out: LevelOutput) -> bool:
+    """The LM's label probabilities came from its log-probabilities (``label_mass`` is set
+    then). An endpoint that returns none gives a one-hot "distribution": fused, it would
+    overrule any other opinion, so it takes no part."""
+    return out.ready and out.valid and "label_mass" in out.extra
+
+
 def zero_shot(out: LevelOutput, labels: list[str]) -> np.ndarray | None:
     """A cheaper LM's own label distribution: recorded as ``zs_<label>`` by a local LM (whose
     ``probs`` may be averaged with its probe), else its ``probs``; None if it has none."""
-    if not (out.ready and out.valid):
+    if not has_distribution(out):
         return None
     zs = [out.extra.get(f"zs_{lab}") for lab in labels]
     if None not in zs:
@@ -40,7 +47,7 @@ def fuse(
 ) -> LevelOutput:
     """The product of the large LM's label distribution and those of the named earlier levels,
     renormalised; ``large`` itself when none of them has a distribution to add."""
-    if large.probs is None or not large.valid:
+    if large.probs is None or not has_distribution(large):
         return large
     logp = np.log(np.clip(np.asarray(large.probs, dtype=np.float64), 1e-9, 1.0))
     used = 0
@@ -63,3 +70,14 @@ def fuse(
         confidence=float(probs[i]),
         extra=extra,
     )
+
+
+def fused_logprobs(
+    served: LevelOutput, labels: list[str]
+) -> tuple[list[str], list[float], list[dict[str, float]]]:
+    """Token log-probabilities that match a fused answer (one token: the label served, its
+    alternatives the other labels): the large LM's own would name the label it picked."""
+    assert served.probs is not None
+    logp = np.log(np.clip(np.asarray(served.probs, dtype=np.float64), 1e-12, 1.0))
+    top = {lab: float(lp) for lab, lp in zip(labels, logp, strict=True)}
+    return [served.text], [top[served.label or served.text]], [top]

@@ -24,14 +24,19 @@ QWEN = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
 
 def out(name: str, probs: list[float], **extra: float) -> LevelOutput:
+    """An LM's answer; ``label_mass`` marks a distribution read off log-probabilities."""
     p = np.array(probs)
     i = int(p.argmax())
     return LevelOutput(name, LABELS[i], LABELS[i], p, float(p[i]), extra=dict(extra))
 
 
+def lm(name: str, probs: list[float], **extra: float) -> LevelOutput:
+    return out(name, probs, label_mass=1.0, **extra)
+
+
 def test_the_product_of_two_distributions_can_overrule_the_large_lm() -> None:
-    large = out("large", [0.55, 0.45])
-    small = out("small", [0.1, 0.9])  # confident the other way: 0.55*0.1 < 0.45*0.9
+    large = lm("large", [0.55, 0.45])
+    small = lm("small", [0.1, 0.9])  # confident the other way: 0.55*0.1 < 0.45*0.9
     served = fuse(large, [small], ["small"], LABELS)
     assert served.label == served.text == "negative"
     assert served.probs is not None
@@ -42,26 +47,36 @@ def test_the_product_of_two_distributions_can_overrule_the_large_lm() -> None:
 
 
 def test_a_confident_large_lm_keeps_its_answer() -> None:
-    large = out("large", [0.95, 0.05])
-    served = fuse(large, [out("small", [0.3, 0.7])], ["small"], LABELS)
+    large = lm("large", [0.95, 0.05])
+    served = fuse(large, [lm("small", [0.3, 0.7])], ["small"], LABELS)
     assert served.label == "positive" and served.extra["large_agrees"] == 1.0
 
 
 def test_the_small_lms_zero_shot_opinion_is_fused_not_its_probe_average() -> None:
     # a local LM with a probe serves the average of zero-shot and probe as ``probs`` and keeps
     # its own zero-shot distribution as zs_<label>: only that one is independent of the large LM
-    small = out("small", [0.9, 0.1], zs_positive=0.2, zs_negative=0.8)
+    small = lm("small", [0.9, 0.1], zs_positive=0.2, zs_negative=0.8)
     np.testing.assert_allclose(zero_shot(small, LABELS), [0.2, 0.8])
-    served = fuse(out("large", [0.6, 0.4]), [small], ["small"], LABELS)
+    served = fuse(lm("large", [0.6, 0.4]), [small], ["small"], LABELS)
     assert served.label == "negative"  # 0.6*0.2 < 0.4*0.8; with the average it would be positive
 
 
+def test_an_lm_without_log_probabilities_takes_no_part() -> None:
+    # an endpoint that returns no log-probabilities gives a one-hot "distribution"
+    # (label_mass unset): fused, it would overrule any other opinion
+    sure = lm("large", [0.999, 0.001])
+    one_hot = out("small", [1e-6, 1 - 1e-6])
+    assert fuse(sure, [one_hot], ["small"], LABELS) is sure
+    blind = out("large", [1 - 1e-6, 1e-6])
+    assert fuse(blind, [lm("small", [0.01, 0.99])], ["small"], LABELS) is blind
+
+
 def test_nothing_to_fuse_serves_the_large_lms_answer_unchanged() -> None:
-    large = out("large", [0.55, 0.45])
+    large = lm("large", [0.55, 0.45])
     invalid = LevelOutput("small", "maybe", valid=False)
     untrained = LevelOutput("encoder", "", ready=False)
     assert fuse(large, [invalid, untrained], ["small", "encoder"], LABELS) is large
-    assert fuse(large, [out("other", [0.1, 0.9])], ["small"], LABELS) is large  # not named
+    assert fuse(large, [lm("other", [0.1, 0.9])], ["small"], LABELS) is large  # not named
 
 
 # reviews SmolLM2 answers inside the label set (it starts others with "This"); on three of
@@ -107,15 +122,52 @@ async def test_the_gateway_serves_the_fused_answer_and_learns_the_large_lms_own(
         edit=_use_qwen_as_small_and_fuse,
     ) as client:
         prompt_cfg = client.app.state.gateway.config.tasks["sentiment"].prompt  # type: ignore[attr-defined]
-        for text in REVIEWS:
+        for text in REVIEWS[2:]:
             r = await client.post("/generate", json={"task": "sentiment", "input": text})
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["level"] == "large" and body["degraded"] is False, json.dumps(body)
             assert body["output"] == body["label"]
             served[text] = body["label"]
-        again = await client.post("/generate", json={"task": "sentiment", "input": REVIEWS[0]})
-        assert again.json()["cached"] is True and again.json()["label"] == served[REVIEWS[0]]
+        # the OpenAI-style route, with token log-probabilities, plain and streamed: they must
+        # describe the answer served, not the one the large LM picked before fusion
+        for text, stream in ((REVIEWS[0], False), (REVIEWS[1], True)):
+            chat = {
+                "model": "cascade/sentiment",
+                "messages": [{"role": "user", "content": text}],
+                "logprobs": True,
+                "top_logprobs": 2,
+                "stream": stream,
+            }
+            r = await client.post("/v1/chat/completions", json=chat)
+            assert r.status_code == 200, r.text
+            if stream:
+                events = [
+                    json.loads(line[6:])
+                    for line in r.text.splitlines()
+                    if line.startswith("data: {")
+                ]
+                content = "".join(
+                    e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]
+                )
+                lps = [
+                    e["choices"][0]["logprobs"]
+                    for e in events
+                    if e["choices"] and e["choices"][0].get("logprobs")
+                ]
+                assert len(lps) == 1, events
+                lp = lps[0]
+            else:
+                choice = r.json()["choices"][0]
+                content, lp = choice["message"]["content"], choice["logprobs"]
+            assert r.headers["x-cascade-level"] == "large"
+            served[text] = content
+            (tok,) = lp["content"]
+            assert tok["token"] == content
+            best = max(tok["top_logprobs"], key=lambda t: t["logprob"])
+            assert best["token"] == content and best["logprob"] == pytest.approx(tok["logprob"])
+        again = await client.post("/generate", json={"task": "sentiment", "input": REVIEWS[1]})
+        assert again.json()["cached"] is True and again.json()["label"] == served[REVIEWS[1]]
         s = await task_stats(client, "sentiment")
     # the large LM's own distribution, asked directly over HTTP
     large = OpenAIBackend(smol_server.base_url, "smol")
