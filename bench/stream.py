@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from bench.harness import BenchContext, ItemResult, run_stream
-from bench.streams import Stream
+from bench.streams import Stream, without_fuse
 from cascade.config import LevelConfig, TaskConfig, ThresholdPolicyConfig
 
 
@@ -222,6 +222,7 @@ class StreamBenchArgs:
     write_doc: bool = True
     url: str | None = None  # drive a running gateway over HTTP instead
     large_level: str = "large"
+    fuse: bool = True  # False: the large LM's own answers even where the task fuses
 
 
 def load_stream(args: StreamBenchArgs, models_dir: Path) -> Stream:
@@ -289,6 +290,8 @@ async def stream_bench(args: StreamBenchArgs) -> dict[str, Any]:
             os.environ["LLM_BASE_URL"] = "http://127.0.0.1:9/v1"
         config = load_bench_config(args.config or settings.config_path)
         template = stream.task_config(config.tasks[args.task])
+        if not args.fuse:
+            template = without_fuse(template)
         ctx = BenchContext(config, models_dir, replay, stream.name)
         rows: list[dict[str, Any]] = []
         llm_name = template.levels[-1].name
@@ -342,6 +345,7 @@ async def stream_bench(args: StreamBenchArgs) -> dict[str, Any]:
         "order_seed": args.order_seed,
         "seconds_per_call": seconds,
         "large_level": llm_name,
+        "fuse": template.fuse_names(),  # levels fused into the large LM's answers
         "distill_n": args.distill_n,
         "runs": rows,
     }

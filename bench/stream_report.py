@@ -232,6 +232,7 @@ def write_stream_report(payload: dict[str, Any], args: Any) -> None:
         + f" --limit {payload['items']} --seed {payload['seed']}{_order(payload)}"
         + _no_timing(payload)
         + (f" --config {args.config}" if getattr(args, "config", None) else "")
+        + ("" if getattr(args, "fuse", True) else " --no-fuse")
         + "".join(
             f" --{flag} " + (",".join(f"{v:g}" for v in values) or "''")
             for flag, values in (

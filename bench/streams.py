@@ -175,3 +175,11 @@ def _need(path: Path) -> None:
         raise FileNotFoundError(
             f"{path} not found; run `cascade-gateway models fetch --data` to install the data sets"
         )
+
+
+def without_fuse(task: TaskConfig) -> TaskConfig:
+    """``task`` serving its large LM's own answers (no ``params.fuse``)."""
+    large = task.levels[-1]
+    params = {k: v for k, v in large.params.items() if k != "fuse"}
+    levels = [*task.levels[:-1], large.model_copy(update={"params": params})]
+    return task.model_copy(update={"levels": levels})
