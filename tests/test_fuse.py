@@ -200,17 +200,16 @@ async def test_the_gateway_serves_the_fused_answer_and_learns_the_large_lms_own(
 
 
 def test_bench_stream_can_measure_a_fusing_task_without_fusing() -> None:
-    from bench.streams import builtin, without_fuse
+    from bench.streams import without_fuse
     from cascade.config import load_config
     from tests.conftest import ROOT
 
     task = load_config(ROOT / "deploy" / "config.yaml", env={}).tasks["sentiment"]
     assert task.fuse_names() == ["small"]  # the default sentiment cascade fuses
-    trec = builtin("trec", MODELS, limit=5).task_config(task)
-    plain = without_fuse(trec)
-    assert plain.fuse_names() == [] and trec.fuse_names() == ["small"]
+    plain = without_fuse(task)
+    assert plain.fuse_names() == [] and task.fuse_names() == ["small"]
     assert [lv.name for lv in plain.levels] == [lv.name for lv in task.levels]
-    assert plain.levels[-1].cost == task.levels[-1].cost and plain.labels == trec.labels
+    assert plain.levels[-1].cost == task.levels[-1].cost and plain.labels == task.labels
 
 
 def test_no_fuse_on_the_command_line_reaches_the_benchmark() -> None:
