@@ -131,7 +131,7 @@ def cmd_all(args: argparse.Namespace) -> int:
     for stream, limit in (("rotten-tomatoes", 5000), ("trec", 1000)):
         out = Path("bench/results") / f"stream-{stream}.json"
         extra = ["--task", "sentiment", "--limit", str(limit)]
-        if stream == "trec":  # fusing was measured on sentiment; on TREC it cost 0.7-1.5 points
+        if stream == "trec":  # fusing was measured on sentiment; on TREC it cost 0.6-1.5 points
             extra.append("--no-fuse")
         rc = main_bench(["stream", "--stream", stream, "--out", str(out), *extra, *base])
         if rc:

@@ -212,15 +212,14 @@ class TaskConfig(_Strict):
         for lv in self.levels[:-1]:
             if "fuse" in lv.params:
                 raise ValueError(f"level {lv.name!r}: only the last level (the large LM) fuses")
-        raw = self.levels[-1].params.get("fuse")
-        if raw is None:
+        names = self.fuse_names()
+        if not names:
             return
-        names = raw if isinstance(raw, list) else [raw]
         if self.kind != "classify":
             raise ValueError("params.fuse is for classify tasks: it multiplies label distributions")
         earlier = {lv.name: lv for lv in self.levels[:-1]}
         for name in names:
-            lv = earlier.get(str(name))
+            lv = earlier.get(name)
             if lv is None:
                 raise ValueError(
                     f"params.fuse names {name!r}, which is not an earlier level "

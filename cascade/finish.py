@@ -79,10 +79,14 @@ async def finish(
     store.count(rt.name, p.deltas)
     lm = answer.lm
     tokens, logprobs, top = (
-        (None, None, None) if lm is None else (lm.tokens, lm.token_logprobs, lm.top_logprobs)
+        (None, None, None)
+        if lm is None
+        else (
+            lm.tokens,
+            lm.token_logprobs if lm.has_logprobs else None,
+            lm.top_logprobs,
+        )
     )
-    if lm is not None and not lm.has_logprobs:
-        logprobs = None
     if served is not answer and logprobs is not None:  # what was served, not the large LM's
         tokens, logprobs, top = fused_logprobs(served, rt.config.labels)
     total = (time.perf_counter() - t0) * 1000

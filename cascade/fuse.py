@@ -21,8 +21,6 @@ import numpy as np
 
 from cascade.levels.base import LevelOutput
 
-FUSE_KINDS = ("local_lm", "openai")  # levels whose zero-shot label distribution is known
-
 
 def has_distribution(out: LevelOutput) -> bool:
     """The LM's label probabilities came from its log-probabilities (``label_mass`` is set
