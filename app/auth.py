@@ -8,6 +8,7 @@ configured admin token they are disabled.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -63,38 +64,92 @@ async def revoke_key(store: Store, key_id: str) -> bool:
 
 
 class KeyCache:
-    """Per-process cache of key lookups, so the hot path rarely pays a store round trip."""
+    """Per-process cache of key lookups, so the hot path rarely pays a store round trip.
 
-    def __init__(self) -> None:
-        self._any: tuple[float, bool] = (0.0, False)
+    Stale answers are served while one background refresh runs, so a slow or stopped store
+    costs a request nothing once something is known. Nothing known and the store unreachable
+    is the one case where whether keys exist cannot be told: that fails closed (503), since a
+    gateway that starts during an outage must not open an API that has keys.
+    """
+
+    def __init__(self, timeout_s: float = 0.5) -> None:
+        self.timeout_s = timeout_s
+        self._any: tuple[float, bool] | None = None  # None: never read from the store
         self._keys: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._refreshing: set[str] = set()  # "" for the key table, else a key's hash
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def known(self) -> bool:
+        """Whether the key table was ever read: without it, no request can be authorised."""
+        return self._any is not None
+
+    async def _read(self, store: Store, what: str) -> None:
+        """Read the table (``what`` "") or one key into the cache; raise when the store fails."""
+        try:
+            if what:
+                rec = await asyncio.wait_for(store.table_get(TABLE, what), self.timeout_s)
+                if len(self._keys) > 10_000:
+                    self._keys.clear()
+                self._keys[what] = (time.monotonic(), rec)
+            else:
+                table = await asyncio.wait_for(store.table_all(TABLE), self.timeout_s)
+                self._any = (time.monotonic(), bool(table))
+        except Exception:
+            store.errors += 1
+            raise
+        finally:
+            self._refreshing.discard(what)
+
+    def _refresh_later(self, store: Store, what: str) -> None:
+        if what in self._refreshing:
+            return
+        self._refreshing.add(what)
+        task = asyncio.create_task(self._read(store, what))
+        self._tasks.add(task)
+        task.add_done_callback(_forget(self._tasks))
 
     async def any_keys(self, store: Store) -> bool:
+        if self._any is None:
+            try:
+                await self._read(store, "")
+            except Exception:
+                raise _unknown("whether API keys exist") from None
+        assert self._any is not None
         at, value = self._any
         if time.monotonic() - at > _CACHE_S:
-            try:
-                value = bool(await store.table_all(TABLE))
-            except Exception:
-                store.errors += 1  # keep the last answer while the store is away
-            self._any = (time.monotonic(), value)
+            self._refresh_later(store, "")
         return value
 
     async def lookup(self, store: Store, key: str) -> dict[str, Any] | None:
         h = hash_key(key)
         hit = self._keys.get(h)
-        if hit is not None and time.monotonic() - hit[0] <= _CACHE_S:
-            return hit[1]
-        try:
-            rec = await store.table_get(TABLE, h)
-        except Exception:
-            store.errors += 1
-            if hit is not None:
-                return hit[1]
-            raise HTTPException(503, "cannot check the API key: the store is unreachable") from None
-        if len(self._keys) > 10_000:
-            self._keys.clear()
-        self._keys[h] = (time.monotonic(), rec)
-        return rec
+        if hit is None:
+            try:
+                await self._read(store, h)
+            except Exception:
+                raise _unknown("the API key") from None
+            hit = self._keys[h]
+        elif time.monotonic() - hit[0] > _CACHE_S:
+            self._refresh_later(store, h)
+        return hit[1]
+
+
+def _unknown(what: str) -> HTTPException:
+    return HTTPException(
+        503,
+        f"cannot check {what}: the store is unreachable; retry shortly",
+        headers={"retry-after": "1"},
+    )
+
+
+def _forget(tasks: set[asyncio.Task[None]]) -> Any:
+    def done(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # a failed refresh keeps the stale answer; it was counted
+
+    return done
 
 
 def _bearer(request: Request) -> str | None:

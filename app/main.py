@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app import errors
+from app import errors, openapi
 from app.middleware import BodyLimit, JSONBodyDefault, StartTime
 from app.settings import Settings, get_settings
 from cascade.aio import stop_if_cancelled
@@ -89,6 +89,8 @@ def create_app(
         from app.metrics import Metrics
 
         gw.keys = KeyCache()
+        with contextlib.suppress(Exception):  # the store is away: the first request tries
+            await gw.keys.any_keys(store)
         gw.metrics = Metrics()
         cascade.observers.append(gw.metrics.observe)
         await cascade.warmup()
@@ -129,6 +131,7 @@ def create_app(
         lifespan=lifespan,
     )
     errors.install(app)
+    openapi.install(app)
     limit = cfg.defaults.max_input_bytes
     app.add_middleware(BodyLimit, max_bytes=8 * limit + 65_536, input_limit=limit)
     app.add_middleware(JSONBodyDefault)
