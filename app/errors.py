@@ -13,10 +13,18 @@ from cascade.runner import CascadeError
 
 log = logging.getLogger(__name__)
 
+_FASTAPI_UNPARSED = "There was an error parsing the body"
+
 
 def _field(loc: tuple[object, ...] | list[object]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     return ".".join(parts) or "body"
+
+
+def _printable(text: str) -> str:
+    """An error may quote the client's own bytes (a field name, a value): keep a lone
+    surrogate from making the error itself unencodable."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def is_openai_route(request: Request) -> bool:
@@ -32,6 +40,8 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """The /v1 routes answer in OpenAI's error shape; the native API with ``detail``."""
+    message = _printable(message)
+    errors = [{k: _printable(str(v)) for k, v in e.items()} for e in errors or []] or None
     if is_openai_route(request):
         body: dict[str, object] = {
             "error": {"message": message, "type": kind, "code": status, "param": None}
@@ -62,10 +72,22 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(CascadeError)
     async def _cascade(request: Request, exc: CascadeError) -> JSONResponse:
         kind = "service_unavailable" if exc.status >= 500 else "invalid_request_error"
-        return error_response(request, exc.status, str(exc), kind)
+        retry = exc.retry_after_s
+        headers = None if retry is None else {"retry-after": str(max(1, round(retry)))}
+        return error_response(request, exc.status, str(exc), kind, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == _FASTAPI_UNPARSED:
+            # FastAPI's word for a body json.loads could not take (bytes that are not UTF-8,
+            # nesting past the parser's depth): a malformed body like any other
+            return error_response(
+                request,
+                400 if is_openai_route(request) else 422,
+                "malformed JSON: the body is not UTF-8 text, or is nested too deeply",
+                "invalid_request_error",
+                [{"field": "body", "problem": "malformed JSON"}],
+            )
         kind = {
             401: "authentication_error",
             403: "permission_error",

@@ -15,3 +15,32 @@ def stop_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+class Admission:
+    """At most ``limit`` holders at a time; a caller that cannot get a turn within
+    ``timeout_s`` is refused (``None``) instead of queueing without end."""
+
+    def __init__(self, limit: int, timeout_s: float) -> None:
+        self.limit = limit
+        self.timeout_s = timeout_s
+        self._sem = asyncio.Semaphore(limit)
+        self.waiting = 0
+        self.shed = 0
+
+    async def enter(self) -> bool:
+        if not self._sem.locked():
+            await self._sem.acquire()
+            return True
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(self._sem.acquire(), self.timeout_s)
+            return True
+        except TimeoutError:
+            self.shed += 1
+            return False
+        finally:
+            self.waiting -= 1
+
+    def leave(self) -> None:
+        self._sem.release()

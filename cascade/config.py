@@ -248,6 +248,12 @@ class TaskConfig(_Strict):
 class Defaults(_Strict):
     request_timeout_s: float = Field(60.0, gt=0)
     max_input_bytes: int = Field(32 * 1024, ge=1)
+    # requests that need a model (cache misses) run at most max_inflight at a time per
+    # process; one that would wait longer than queue_timeout_s for a turn is shed with 503 and
+    # Retry-After instead, so an overload (a Redis outage turning repeats into model calls)
+    # answers quickly rather than queueing requests for tens of seconds
+    max_inflight: int = Field(16, ge=1)
+    queue_timeout_s: float = Field(5.0, ge=0)
 
 
 class Config(_Strict):

@@ -11,6 +11,7 @@ class CascadeError(Exception):
     """Base of errors a client can act on; ``status`` is the HTTP status to answer with."""
 
     status = 400
+    retry_after_s: float | None = None  # sent as Retry-After: the client may try again then
 
 
 class UnknownTaskError(CascadeError):
@@ -19,6 +20,19 @@ class UnknownTaskError(CascadeError):
 
 class InputTooLargeError(CascadeError):
     status = 413
+
+
+class OverloadedError(CascadeError):
+    """Too many requests already wait for a model: shed now, the client retries later."""
+
+    status = 503
+    retry_after_s = 1.0
+
+
+class PromptTooLongError(CascadeError):
+    """The prompt does not fit the model's context: bad input, not an upstream failure."""
+
+    status = 400
 
 
 class CascadeUnavailableError(CascadeError):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from cascade.aio import Admission
 from cascade.backends import BackendError, BackendPool
 from cascade.config import Config
 from cascade.finish import finish
@@ -26,6 +27,7 @@ from cascade.outcome import (
     CascadeUnavailableError,
     InputTooLargeError,
     Outcome,
+    OverloadedError,
     UnknownTaskError,
 )
 from cascade.prompts import Message, render_messages
@@ -77,6 +79,7 @@ class Cascade:
             self.tasks[name] = TaskRuntime(name, tc, levels, policies, fingerprint(config, tc))
         self.request_ttl_s = 86_400
         self.observers: list[Observer] = []
+        self.admission = Admission(config.defaults.max_inflight, config.defaults.queue_timeout_s)
 
     def task(self, name: str) -> TaskRuntime:
         try:
@@ -239,11 +242,24 @@ class Cascade:
         rt, q, keys = self._start(task, text, max_tokens, temperature, tenant, messages, logprobs)
         if use_cache and (hit := await self._cached(rt, keys, t0)) is not None:
             return hit
-        p = Walk(rt, q, uuid.uuid4().hex, tenant, keys if use_cache else None, rt.version)
-        await walk_cheap_levels(p)
-        if p.answer is None:
-            await try_level(p, len(rt.levels) - 1)
-        return await self._finish(p, t0, use_cache)
+        await self._admit(rt)
+        try:
+            p = Walk(rt, q, uuid.uuid4().hex, tenant, keys if use_cache else None, rt.version)
+            await walk_cheap_levels(p)
+            if p.answer is None:
+                await try_level(p, len(rt.levels) - 1)
+            return await self._finish(p, t0, use_cache)
+        finally:
+            self.admission.leave()
+
+    async def _admit(self, rt: TaskRuntime) -> None:
+        """A turn to run the models, or 503 when too many requests already wait for one."""
+        if not await self.admission.enter():
+            self.store.count(rt.name, {"requests": 1, "shed": 1})
+            raise OverloadedError(
+                f"the gateway is overloaded: {self.admission.limit} requests are running models "
+                f"and no turn came within {self.admission.timeout_s:g} s; retry shortly"
+            )
 
     async def stream(
         self,
@@ -267,7 +283,16 @@ class Cascade:
             yield StreamEvent(delta=hit.output)
             yield StreamEvent(outcome=hit)
             return
-        p = Walk(rt, q, uuid.uuid4().hex, tenant, keys if use_cache else None, rt.version)
+        await self._admit(rt)
+        try:
+            p = Walk(rt, q, uuid.uuid4().hex, tenant, keys if use_cache else None, rt.version)
+            async for ev in self._stream_walk(p, t0, use_cache):
+                yield ev
+        finally:
+            self.admission.leave()
+
+    async def _stream_walk(self, p: Walk, t0: float, use_cache: bool) -> AsyncIterator[StreamEvent]:
+        rt, q = p.rt, p.q
         await walk_cheap_levels(p)
         overhead = (time.perf_counter() - t0) * 1000 - sum(t.latency_ms for t in p.traces)
         if p.answer is not None:
@@ -289,9 +314,16 @@ class Cascade:
                         yield StreamEvent(level=rt.large.name, cached=False, overhead_ms=overhead)
                     yield StreamEvent(delta=delta)
         except (BackendError, TimeoutError) as e:
-            if started:  # part of the answer is out: the stream ends short, with the error
-                raise CascadeUnavailableError(f"the large LM failed mid-answer: {e}") from e
             level_failed(p, last, e)
+            if started:
+                # part of the answer is out and cannot be taken back: the stream ends with an
+                # error, and nothing of it is cached or learned from
+                p.deltas["unavailable"] = 1
+                p.deltas["truncated"] = 1
+                self.store.count(rt.name, p.deltas)
+                raise CascadeUnavailableError(
+                    f"the large LM failed mid-answer: {p.large_failed}"
+                ) from e
         if final is not None:
             record_level(p, last, final)
         done = await self._finish(p, t0, use_cache)  # may degrade, or raise if nothing answered

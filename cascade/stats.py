@@ -64,6 +64,10 @@ def task_stats(c: dict[str, float], level_names: list[str]) -> dict[str, Any]:
         "large_llm_share": _r(c.get("llm_calls", 0.0) / requests) if requests else None,
         "degraded": int(c.get("degraded", 0.0)),
         "unavailable": int(c.get("unavailable", 0.0)),
+        # refused without an answer: prompts past the large LM's context (a 400), and
+        # requests shed because too many already waited for a model (a 503 with Retry-After)
+        "bad_input": int(c.get("bad_input", 0.0)),
+        "shed": int(c.get("shed", 0.0)),
         "cost": _r(cost, 6),
         "cost_llm_only": _r(llm_only, 6),
         "cost_saved": _r(llm_only - cost, 6),

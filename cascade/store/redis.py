@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +38,65 @@ def _id_tuple(i: str) -> tuple[int, int]:
 
 
 class _Breaker:
-    """Open for ``cooldown_s`` after a failure: calls short-circuit instead of timing out."""
+    """Open for ``cooldown_s`` after a failure; then half-open: one call probes Redis while
+    the others keep short-circuiting, so a stopped Redis (where every call waits out its
+    socket timeout) costs one request per cooldown, not every request in flight."""
 
     def __init__(self, cooldown_s: float = 1.0) -> None:
         self.cooldown_s = cooldown_s
         self.open_until = 0.0
+        self.probing = False
 
     @property
     def closed(self) -> bool:
-        return time.monotonic() >= self.open_until
+        return time.monotonic() >= self.open_until and not self.probing
+
+    def acquire(self) -> bool:
+        """May this call go to Redis? The first call after the cooldown is the probe."""
+        if time.monotonic() < self.open_until or self.probing:
+            return False
+        if self.open_until:
+            self.probing = True
+        return True
+
+    def succeed(self) -> None:
+        self.probing = False
+        self.open_until = 0.0
 
     def trip(self) -> None:
+        self.probing = False
         self.open_until = time.monotonic() + self.cooldown_s
+
+
+class LocalCache:
+    """A bounded LRU of recent outcomes in this process, under the same keys as Redis's.
+
+    Read only when Redis cannot answer: repeats stay answered from memory during an outage
+    instead of running the models again, while a healthy Redis stays the one source of truth
+    (a correction made through another process replaces the entry there)."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+
+    def put(self, key: str, value: dict[str, Any], ttl_s: int) -> None:
+        self._items[key] = (time.monotonic() + ttl_s, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_entries:
+            self._items.popitem(last=False)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        hit = self._items.get(key)
+        if hit is None:
+            return None
+        if hit[0] < time.monotonic():
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return hit[1]
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class RedisStore(Store):
@@ -63,6 +110,7 @@ class RedisStore(Store):
         prefix: str = "cg",
         demo_maxlen: int = 200_000,
         outbox_max: int = 100_000,
+        local_cache_entries: int = 4096,
     ) -> None:
         super().__init__()
         self.url = url
@@ -87,6 +135,7 @@ class RedisStore(Store):
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 4),
         )
         self.breaker = _Breaker()
+        self.local = LocalCache(local_cache_entries)
         self._outbox = Outbox(data_dir / "outbox", outbox_max)
         self._pending_cursor: dict[str, str] = {}  # re-delivering own pending entries from here
         self._groups: set[str] = set()
@@ -112,31 +161,40 @@ class RedisStore(Store):
 
     async def _fast(self, coro_fn: Any, default: Any = None) -> Any:
         """Run a hot-path call; on any Redis failure count it, trip the breaker, return default."""
-        if not self.breaker.closed:
-            return default
+        return (await self._try_fast(coro_fn, default))[1]
+
+    async def _try_fast(self, coro_fn: Any, default: Any = None) -> tuple[bool, Any]:
+        """(whether Redis answered, its answer or ``default``)."""
+        if not self.breaker.acquire():
+            return False, default
         try:
-            return await coro_fn()
+            value = await coro_fn()
         except (TimeoutError, RedisError, OSError) as e:
             self.errors += 1
             self.breaker.trip()
             log.debug("redis unavailable on the hot path: %s", e)
-            return default
+            return False, default
+        except BaseException:
+            self.breaker.probing = False  # cancelled mid-probe: let the next call probe
+            raise
+        self.breaker.succeed()
+        return True, value
 
     # ------------------------------------------------------------------ cache and records
 
     async def cache_get(self, key: str) -> dict[str, Any] | None:
-        raw = await self._fast(lambda: self.fast.get(self.k(key)))
-        return None if raw is None else json.loads(raw)
+        return (await self.cache_get_many([key]))[0]
 
     async def cache_get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
-        """One round trip for every key."""
-        raws = await self._fast(lambda: self.fast.mget([self.k(k) for k in keys]))
-        if raws is None:
-            return [None] * len(keys)
+        """One round trip for every key; this process's recent outcomes when Redis is away."""
+        ok, raws = await self._try_fast(lambda: self.fast.mget([self.k(k) for k in keys]))
+        if not ok:
+            return [self.local.get(k) for k in keys]
         return [None if r is None else json.loads(r) for r in raws]
 
     async def cache_set(self, key: str, value: dict[str, Any], ttl_s: int) -> None:
         if ttl_s > 0:
+            self.local.put(key, value, ttl_s)
             data = json.dumps(value, ensure_ascii=False)
             await self._fast(lambda: self.fast.set(self.k(key), data, ex=ttl_s))
 
@@ -169,15 +227,18 @@ class RedisStore(Store):
         now = time.time()
         window = int(now // window_s)
         rkey = self.k("rate", key, window)
-        try:
+
+        async def hit() -> Any:
             async with self.fast.pipeline(transaction=False) as pipe:
                 pipe.incr(rkey)
                 pipe.expire(rkey, window_s + 1)
-                count, _ = await pipe.execute()
-        except (RedisError, OSError) as e:
-            self.errors += 1
-            log.warning("rate limit not enforced, Redis unavailable: %s", e)
-            return True, 0.0  # fail open: an outage must not lock every client out
+                return await pipe.execute()
+
+        ok, res = await self._try_fast(hit)
+        if not ok:  # fail open: an outage must not lock every client out
+            log.debug("rate limit not enforced, Redis unavailable")
+            return True, 0.0
+        count = res[0]
         return int(count) <= limit, (window + 1) * window_s - now
 
     # ------------------------------------------------------------------ counters
@@ -234,14 +295,19 @@ class RedisStore(Store):
 
     async def append_demo(self, task: str, demo: dict[str, Any]) -> None:
         data = json.dumps(demo, ensure_ascii=False, separators=(",", ":"))
-        if not self._outbox and self.breaker.closed:
-            try:
-                await self._xadd_demo(task, data)
+        if not self._outbox:
+            # the fast client: a stopped Redis costs this request one short timeout, not the
+            # slow client's retries; a timeout after Redis took it can at worst add a duplicate
+            # from the outbox, never lose one
+            stream = self.k("demos", task)
+            ok, _ = await self._try_fast(
+                lambda: self.fast.xadd(
+                    stream, {"d": data}, maxlen=self.demo_maxlen, approximate=True
+                )
+            )
+            if ok:
                 return
-            except (RedisError, OSError) as e:
-                self.errors += 1
-                self.breaker.trip()
-                log.warning("demonstration buffered, Redis unavailable: %s", e)
+            log.warning("demonstration buffered, Redis unavailable")
         self._outbox.push(task, data)
         await asyncio.to_thread(self._outbox.save)
 
