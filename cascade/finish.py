@@ -14,7 +14,7 @@ from collections.abc import Callable
 from cascade.demos import build_demo, level_record
 from cascade.fuse import fuse, fused_logprobs
 from cascade.levels import LevelOutput
-from cascade.outcome import CascadeUnavailableError, Outcome
+from cascade.outcome import CascadeUnavailableError, Outcome, PromptTooLongError
 from cascade.runtime import features_of
 from cascade.store.base import Store
 from cascade.walk import Walk, count_agreement
@@ -31,6 +31,15 @@ async def finish(
     """The walk is over: pick the answer, count it, remember it, return the outcome."""
     rt = p.rt
     degraded = False
+    if p.answer is None and p.too_long is not None:
+        # the request's fault, not an outage: counted as bad input, answered with a 4xx
+        p.deltas.pop(f"lvl:{rt.large.name}:failed", None)
+        p.deltas["bad_input"] = 1
+        store.count(rt.name, p.deltas)
+        raise PromptTooLongError(
+            f"task {rt.name!r}: the prompt does not fit the large LM's context ({p.too_long}); "
+            "shorten the input or ask for fewer max_tokens"
+        )
     if p.answer is None:
         fallback = [o for o in p.outputs if o.ready and o.valid and o.name != rt.large.name]
         if not fallback:

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from cascade.backends import BackendError
+from cascade.backends import BackendError, ContextLengthError
 from cascade.levels import LevelOutput, Query
 from cascade.outcome import LevelTrace
 from cascade.runtime import TaskRuntime, features_of
@@ -40,6 +40,7 @@ class Walk:
     explore_p: float = 0.0  # the coin's probability for this request
     answer: LevelOutput | None = None
     large_failed: str | None = None
+    too_long: str | None = None  # the large LM said the prompt does not fit its context
     skip_next: bool = False
 
 
@@ -83,6 +84,8 @@ def level_failed(p: Walk, i: int, e: Exception) -> None:
     if i == len(p.rt.levels) - 1:
         p.large_failed = msg
         p.deltas["llm_calls"] = 1
+        if isinstance(e, ContextLengthError):
+            p.too_long = msg
 
 
 def record_level(p: Walk, i: int, out: LevelOutput) -> None:

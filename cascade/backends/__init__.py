@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from cascade.backends.base import BackendError, LMResult
+from cascade.backends.base import BackendError, ContextLengthError, LMResult
 from cascade.config import Config
 from cascade.config import EncoderBackend as EncoderCfg
 from cascade.config import LlamaBackend as LlamaCfg
 from cascade.config import OpenAIBackend as OpenAICfg
 
-__all__ = ["BackendError", "BackendPool", "LMResult"]
+__all__ = ["BackendError", "BackendPool", "ContextLengthError", "LMResult"]
 
 
 def resolve(models_dir: Path, name: str) -> Path:

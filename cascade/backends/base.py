@@ -12,6 +12,17 @@ class BackendError(RuntimeError):
     """A model backend failed to answer (unreachable, timed out, bad response)."""
 
 
+class SilentStreamError(BackendError):
+    """A streamed answer closed without sending anything. llama.cpp's server does this when
+    the prompt does not fit its context (200, then nothing): asking again without streaming
+    learns why, or gets the answer."""
+
+
+class ContextLengthError(BackendError):
+    """The prompt (with the tokens asked for) does not fit the model's context: the request's
+    fault, which no retry or other replica mends."""
+
+
 @dataclass
 class LMResult:
     """One answer of a language model.

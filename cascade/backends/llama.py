@@ -16,7 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.backends.base import BackendError, LMResult, entropy_of_logprobs
+from cascade.backends.base import (
+    BackendError,
+    ContextLengthError,
+    LMResult,
+    entropy_of_logprobs,
+)
 from cascade.prompts import LabelMatcher, Message
 
 _FALLBACK_TEMPLATE = (
@@ -109,7 +114,7 @@ class LlamaBackend:
         """Evaluate ``tokens`` reusing the cached KV prefix; return last logits (and hidden)."""
         llm, lc = self._llm, self._lc
         if len(tokens) >= self.n_ctx:
-            raise BackendError(
+            raise ContextLengthError(
                 f"{self.name}: prompt of {len(tokens)} tokens does not fit the context of "
                 f"{self.n_ctx}"
             )

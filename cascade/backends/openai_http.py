@@ -20,7 +20,14 @@ from typing import Any, Protocol
 import httpx
 import numpy as np
 
-from cascade.backends.base import BackendError, LMResult, entropy_of_logprobs, label_distribution
+from cascade.backends.base import (
+    BackendError,
+    ContextLengthError,
+    LMResult,
+    SilentStreamError,
+    entropy_of_logprobs,
+    label_distribution,
+)
 from cascade.prompts import LabelMatcher, Message
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,59 @@ def payload_key(payload: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of a request payload without its model and stream flags."""
     body = {k: v for k, v in payload.items() if k not in ("model", "stream", "stream_options")}
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _context_error(status: int, text: str) -> bool:
+    """Does an error answer say the prompt is past the model's context? OpenAI says so with
+    the code ``context_length_exceeded``, llama.cpp's and vLLM's servers in their message."""
+    if status not in (400, 413, 422):
+        return False
+    low = text.lower()
+    return "context_length_exceeded" in low or (
+        "context" in low and any(w in low for w in ("length", "window", "exceed"))
+    )
+
+
+def _error_message(text: str) -> str:
+    """The upstream's own error message where its body has one, else the body's start."""
+    try:
+        err = json.loads(text).get("error")
+        msg = err.get("message") if isinstance(err, dict) else err
+        if isinstance(msg, str) and msg:
+            return msg[:300]
+    except (ValueError, AttributeError):
+        pass
+    return text[:200]
+
+
+def _raise_for(model: str, status: int, text: str) -> None:
+    if _context_error(status, text):
+        raise ContextLengthError(f"{model}: {_error_message(text)}")
+
+
+class UpstreamHealth:
+    """What the calls themselves say about an endpoint: readiness reads this instead of
+    pinging a server that is merely busy (a ping queued behind generations times out)."""
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.last_ok = 0.0
+        self.last_failure = 0.0
+        self.failures = 0  # in a row
+
+    def ok(self) -> None:
+        self.last_ok, self.failures = time.monotonic(), 0
+
+    def failed(self) -> None:
+        self.last_failure, self.failures = time.monotonic(), self.failures + 1
+
+    def failing(self, after: int = 3) -> bool:
+        """Several calls in a row failed and none answered since."""
+        return self.failures >= after and self.last_failure > self.last_ok
+
+    def recent(self, within_s: float) -> bool:
+        """The endpoint answered or is being called now: no probe needed to know it is up."""
+        return self.inflight > 0 or time.monotonic() - self.last_ok < within_s
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
@@ -81,6 +141,7 @@ class OpenAIBackend:
         self.top_logprobs = top_logprobs
         self.cache = cache
         self.logprobs_supported: bool | None = None  # learned from the first answer
+        self.health = UpstreamHealth()
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
@@ -100,6 +161,25 @@ class OpenAIBackend:
             hit = self.cache.get(self.model, key)
             if hit is not None:
                 return hit
+        self.health.inflight += 1
+        try:
+            data = await self._post_retrying(payload, deadline)
+        except ContextLengthError:
+            self.health.ok()  # it answered, and said no: the endpoint is fine
+            raise
+        except BackendError:
+            self.health.failed()
+            raise
+        finally:
+            self.health.inflight -= 1
+        self.health.ok()
+        if self.cache is not None:
+            self.cache.put(self.model, key, payload, data)
+        return data
+
+    async def _post_retrying(
+        self, payload: dict[str, Any], deadline: float | None
+    ) -> dict[str, Any]:
         attempt = 0
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -119,9 +199,10 @@ class OpenAIBackend:
                         data = resp.json()
                     except ValueError as e:
                         raise BackendError(f"{self.model}: answer is not JSON: {e}") from e
-                    if self.cache is not None:
-                        self.cache.put(self.model, key, payload, data)
-                    return data
+                    if not isinstance(data, dict):
+                        raise BackendError(f"{self.model}: answer is not a JSON object")
+                    return data  # type: ignore[no-any-return]
+                _raise_for(self.model, resp.status_code, resp.text)
                 err = f"HTTP {resp.status_code}: {resp.text[:200]}"
                 if resp.status_code not in _RETRY_STATUS:
                     raise BackendError(f"{self.model} at {self.base_url}: {err}")
@@ -194,6 +275,7 @@ class OpenAIBackend:
         payload = self._base_payload(messages, max_tokens, temperature, self.top_logprobs, logprobs)
         data = await self._post(payload, deadline)
         result = parse_chat_response(data, self.model, None)
+        _check_complete(self.model, result.text, result.finish_reason)
         if logprobs:
             self._note_logprobs(result.has_logprobs)
         result.latency_ms = (time.perf_counter() - t0) * 1000
@@ -207,7 +289,11 @@ class OpenAIBackend:
         deadline: float | None = None,
         logprobs: bool = True,
     ) -> AsyncIterator[tuple[str, LMResult | None]]:
-        """Yield text deltas as the endpoint streams them, then ("", final result)."""
+        """Yield text deltas as the endpoint streams them, then ("", final result).
+
+        A stream that ends without a finish reason (cut off), says nothing, or sends a line
+        that is not JSON is a failure (BackendError), never an answer: what it did send must
+        not be served as complete, cached or learned from."""
         payload = self._base_payload(messages, max_tokens, temperature, self.top_logprobs, logprobs)
         payload["stream"] = True
         t0 = time.perf_counter()
@@ -218,21 +304,24 @@ class OpenAIBackend:
         lps: list[float] = []
         tops: list[dict[str, float]] = []
         finish = None
+        said = False  # any data line at all
+        self.health.inflight += 1
         try:
             async with self._client.stream(
                 "POST", "/chat/completions", json=payload, timeout=httpx.Timeout(timeout)
             ) as resp:
                 if resp.status_code != 200:
-                    body = (await resp.aread()).decode("utf-8", "replace")[:200]
-                    raise BackendError(f"{self.model}: HTTP {resp.status_code}: {body}")
+                    body = (await resp.aread()).decode("utf-8", "replace")
+                    _raise_for(self.model, resp.status_code, body)
+                    raise BackendError(f"{self.model}: HTTP {resp.status_code}: {body[:200]}")
                 async for line in resp.aiter_lines():
                     if not line.startswith("data:"):
                         continue
                     chunk = line[5:].strip()
+                    said = True
                     if chunk == "[DONE]":
                         break
-                    obj = json.loads(chunk)
-                    choice = (obj.get("choices") or [{}])[0]
+                    choice = _stream_choice(self.model, chunk)
                     delta = (choice.get("delta") or {}).get("content") or ""
                     for item in ((choice.get("logprobs") or {}).get("content")) or []:
                         lps.append(float(item["logprob"]))
@@ -242,12 +331,28 @@ class OpenAIBackend:
                     if delta:
                         parts.append(delta)
                         yield delta, None
+            if not said:
+                raise SilentStreamError(f"{self.model}: the stream closed without an answer")
+            text = "".join(parts)
+            _check_complete(self.model, text, finish)
+        except ContextLengthError:
+            self.health.ok()
+            raise
         except (httpx.TimeoutException, httpx.TransportError) as e:
+            self.health.failed()
             raise BackendError(f"{self.model} at {self.base_url}: {type(e).__name__}") from e
+        except (BackendError, KeyError, TypeError, ValueError) as e:
+            self.health.failed()
+            if isinstance(e, BackendError):
+                raise
+            raise BackendError(f"{self.model}: malformed stream chunk: {e!r}") from e
+        finally:
+            self.health.inflight -= 1
+        self.health.ok()
         yield (
             "",
             LMResult(
-                text="".join(parts),
+                text=text,
                 model=self.model,
                 token_logprobs=lps,
                 tokens=toks or None,
@@ -266,6 +371,31 @@ class OpenAIBackend:
         except (httpx.TimeoutException, httpx.TransportError):
             return False
         return resp.status_code < 500
+
+
+def _stream_choice(model: str, chunk: str) -> dict[str, Any]:
+    """The first choice of one streamed chunk; a chunk that is not one is a failure."""
+    try:
+        obj = json.loads(chunk)
+    except ValueError:
+        raise BackendError(f"{model}: stream line is not JSON: {chunk[:80]!r}") from None
+    if not isinstance(obj, dict):
+        raise BackendError(f"{model}: stream line is not a JSON object: {chunk[:80]!r}")
+    if obj.get("error"):
+        raise BackendError(f"{model}: error mid-stream: {str(obj['error'])[:200]}")
+    choice = (obj.get("choices") or [{}])[0]
+    if not isinstance(choice, dict):
+        raise BackendError(f"{model}: malformed stream chunk: {chunk[:80]!r}")
+    return choice
+
+
+def _check_complete(model: str, text: str, finish: str | None) -> None:
+    """A generated answer is complete when the endpoint said why it stopped and said
+    something: an answer cut off (no finish reason) or empty is a failure, not an answer."""
+    if finish is None:
+        raise BackendError(f"{model}: the answer ended before the model finished it (truncated)")
+    if not text.strip():
+        raise BackendError(f"{model}: empty answer (finish_reason {finish!r})")
 
 
 def _top_map(item: dict[str, Any]) -> dict[str, float]:

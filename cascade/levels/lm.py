@@ -19,7 +19,7 @@ from typing import TypeVar
 import anyio
 import numpy as np
 
-from cascade.backends.base import BackendError, LMResult
+from cascade.backends.base import BackendError, LMResult, SilentStreamError
 from cascade.backends.encoder import EncoderBackend
 from cascade.backends.llama import LlamaBackend
 from cascade.backends.openai_http import OpenAIBackend
@@ -291,13 +291,16 @@ class OpenAILevel(_LMLevel):
             yield "", await self.predict(q)
             return
         t0 = time.perf_counter()
-        async for delta, r in self.backend.stream(
-            q.messages, q.max_tokens, q.temperature, q.deadline, self._logprobs(q)
-        ):
-            if r is not None:
-                yield "", self.to_output(r, (time.perf_counter() - t0) * 1000)
-            elif delta:
-                yield delta, None
+        try:
+            async for delta, r in self.backend.stream(
+                q.messages, q.max_tokens, q.temperature, q.deadline, self._logprobs(q)
+            ):
+                if r is not None:
+                    yield "", self.to_output(r, (time.perf_counter() - t0) * 1000)
+                elif delta:
+                    yield delta, None
+        except SilentStreamError:  # nothing was sent: ask once more, plainly, to learn why
+            yield "", await self.predict(q)
 
     async def predict(self, q: Query) -> LevelOutput:
         t0 = time.perf_counter()
