@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
+
+
+def _well_formed(v: object) -> object:
+    """JSON may spell a lone UTF-16 surrogate (``"\\udc00"``); no model, store or response can
+    carry one, so it is refused here with the field's name rather than failing later."""
+    if not isinstance(v, str):
+        return v  # the str type that follows says what is wrong with it
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"text contains a lone UTF-16 surrogate ({v[e.start]!r} at character {e.start}); "
+            "send valid Unicode"
+        ) from None
+    return v
+
+
+#: Text from a client: any string that is valid Unicode.
+Text = Annotated[str, BeforeValidator(_well_formed)]
 
 
 class GenerateRequest(BaseModel):
@@ -13,11 +32,11 @@ class GenerateRequest(BaseModel):
         json_schema_extra={"examples": [{"task": "sentiment", "input": "a warm, funny film"}]},
     )
 
-    task: str = Field(min_length=1, max_length=64, description="a task from the configuration")
-    input: str = Field(min_length=1, description="the text to classify or answer")
+    task: Text = Field(min_length=1, max_length=64, description="a task from the configuration")
+    input: Text = Field(min_length=1, description="the text to classify or answer")
     max_tokens: int | None = Field(None, ge=1, le=4096, description="generate tasks: limit")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
-    cache: bool = Field(True, description="false: neither read nor write the outcome cache")
+    cache: StrictBool = Field(True, description="false: neither read nor write the outcome cache")
 
     @field_validator("input")
     @classmethod
@@ -52,11 +71,16 @@ class GenerateResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"request_id": "4f1c0e6a9b7d4e2f8a3c5b1d7e9f0a2c", "label": "positive"}]
+        },
+    )
 
-    request_id: str = Field(min_length=8, max_length=64)
-    label: str | None = Field(None, description="classify tasks: the correct label")
-    output: str | None = Field(None, description="generate tasks: the correct answer")
+    request_id: Text = Field(min_length=8, max_length=64)
+    label: Text | None = Field(None, description="classify tasks: the correct label")
+    output: Text | None = Field(None, description="generate tasks: the correct answer")
 
 
 class FeedbackResponse(BaseModel):

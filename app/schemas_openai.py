@@ -6,8 +6,9 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
+from app.schemas import Text
 from cascade.config import TaskConfig
 from cascade.outcome import UnknownTaskError
 from cascade.prompts import Message
@@ -18,13 +19,13 @@ PREFIX = "cascade/"
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: str
-    text: str | None = None
+    text: Text | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -37,14 +38,33 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """The fields we act on; other OpenAI fields are accepted and ignored."""
 
-    model_config = ConfigDict(extra="allow")
-    model: str = Field(min_length=1, description="cascade/<task>, as listed by /v1/models")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "cascade/sentiment",
+                    "messages": [{"role": "user", "content": "a warm, funny film"}],
+                },
+                {
+                    "model": "cascade/chat",
+                    "messages": [
+                        {"role": "system", "content": "Answer in one word."},
+                        {"role": "user", "content": "What colour is the sky?"},
+                    ],
+                    "max_tokens": 4,
+                    "stream": True,
+                },
+            ]
+        },
+    )
+    model: Text = Field(min_length=1, description="cascade/<task>, as listed by /v1/models")
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool = False
     max_tokens: int | None = Field(None, ge=1, le=4096)
     max_completion_tokens: int | None = Field(None, ge=1, le=4096)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    logprobs: bool = False
+    logprobs: StrictBool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     n: int = Field(1, description="only 1 is supported")
 

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from app.auth import admin
 from app.deps import gateway
 from app.main import Gateway
+from app.schemas import Text
 from cascade.runtime import policy_view
 from cascade.stats import series_point, task_stats
 from cascade.store.base import WINDOWS
@@ -105,9 +106,9 @@ async def tasks(gw: Gateway = Depends(gateway)) -> dict[str, Any]:
 
 class PolicyChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    level: str = Field(description="the level whose policy to change")
+    level: Text = Field(description="the level whose policy to change")
     params: dict[str, float] = Field(min_length=1, description="e.g. {'target_agreement': 0.97}")
-    note: str | None = Field(None, max_length=200)
+    note: Text | None = Field(None, max_length=200)
 
 
 @guarded.post("/tasks/{task}/policy")

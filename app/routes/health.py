@@ -1,4 +1,13 @@
-"""Liveness and readiness: /readyz exercises the store and the large-LM endpoints for real."""
+"""Liveness and readiness.
+
+Readiness says whether this process can serve, not how busy its upstreams are: the large LM
+counts as up while its recent calls succeed or are in flight (a ping queued behind
+generations on a busy llama.cpp server would time out and pull a healthy gateway out of
+rotation), and is probed only when idle or after calls failed. A store that does not answer
+is reported but leaves the process ready once it knows whether API keys exist: every replica
+shares the store, and failing them all would turn a Redis outage the gateway can ride out
+(local outcome cache, outbox for demonstrations) into a full one.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +23,9 @@ from cascade.levels.lm import OpenAILevel
 
 router = APIRouter(tags=["health"])
 
+RECENT_S = 30.0  # an upstream that answered this recently needs no probe
+PROBE_TIMEOUT_S = 2.0
+
 
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
@@ -21,25 +33,39 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={503: {"description": "not ready: the large LM fails, or API keys are unknown"}},
+)
 async def readyz(gw: Gateway = Depends(gateway)) -> JSONResponse:
-    """Ready when the store answers and every task's large-LM endpoint answers."""
+    """Ready when the large-LM endpoints answer and API keys can be checked."""
     checks: dict[str, Any] = {}
     try:
         store_ok = await asyncio.wait_for(gw.store.ping(), timeout=1.0)
     except Exception:
         store_ok = False
-    checks["store"] = {"ok": store_ok, **gw.store.describe()}
+    # without the store, requests can be served only if the key table was read before
+    keys_known = gw.keys is None or gw.keys.known
+    checks["store"] = {"ok": store_ok, "required": not keys_known, **gw.store.describe()}
     seen: dict[str, bool] = {}
     for name, rt in gw.cascade.tasks.items():
         large = rt.large
         if isinstance(large, OpenAILevel):
-            url = large.backend.base_url
+            backend = large.backend
+            url = backend.base_url
             if url not in seen:
-                seen[url] = await large.backend.ping(timeout_s=1.0)
-            checks[f"large:{name}"] = {"ok": seen[url], "url": url, "model": large.backend.model}
+                h = backend.health
+                seen[url] = (h.recent(RECENT_S) and not h.failing()) or await backend.ping(
+                    timeout_s=PROBE_TIMEOUT_S
+                )
+            checks[f"large:{name}"] = {"ok": seen[url], "url": url, "model": backend.model}
         else:
             checks[f"large:{name}"] = {"ok": True, "in_process": large.name}
     down = [k for k, v in checks.items() if not v["ok"]]
-    body = {"status": "ready" if not down else "not ready", "down": down, "checks": checks}
-    return JSONResponse(body, status_code=200 if not down else 503)
+    blocking = [k for k in down if k != "store" or checks["store"]["required"]]
+    body = {
+        "status": "not ready" if blocking else ("degraded" if down else "ready"),
+        "down": down,
+        "checks": checks,
+    }
+    return JSONResponse(body, status_code=503 if blocking else 200)

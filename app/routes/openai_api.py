@@ -8,6 +8,7 @@ of the level that answers: a cheaper level's text is sent after its policy accep
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +21,9 @@ from app.deps import gateway
 from app.main import Gateway
 from app.schemas_openai import ChatCompletionRequest, chat_input, model_name, task_of
 from app.timing import cascade_headers, overhead_ms
-from cascade.outcome import Outcome
+from cascade.outcome import CascadeError, Outcome
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -106,7 +109,10 @@ async def chat_completions(
     cid = f"chatcmpl-{int(time.time() * 1000)}-{id(events) & 0xFFFF:x}"
 
     def chunk(
-        delta: dict[str, Any], finish: str | None = None, extra: dict[str, Any] | None = None
+        delta: dict[str, Any],
+        finish: str | None = None,
+        extra: dict[str, Any] | None = None,
+        outcome: Outcome | None = None,
     ) -> str:
         obj: dict[str, Any] = {
             "id": cid,
@@ -115,6 +121,8 @@ async def chat_completions(
             "model": body.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, **(extra or {})}],
         }
+        if outcome is not None:  # the last chunk says how it was answered, degraded included
+            obj["cascade"] = outcome.to_json()
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
     async def sse() -> AsyncIterator[str]:
@@ -126,10 +134,17 @@ async def chat_completions(
                 if ev.outcome is not None:
                     o = ev.outcome
                     extra = {"logprobs": _logprobs(o, body.top_logprobs)} if body.logprobs else {}
-                    yield chunk({}, _finish_reason(o), extra)
-        except Exception as e:  # mid-stream: the status is sent, so say it in the stream
-            err = {"error": {"message": str(e), "type": "server_error", "code": 503}}
-            yield f"data: {json.dumps(err)}\n\n"
+                    yield chunk({}, _finish_reason(o), extra, o)
+        except Exception as e:
+            # mid-stream the status is already sent: an error event (the openai client raises
+            # it) says the text so far is not a complete answer
+            status = e.status if isinstance(e, CascadeError) else 500
+            if not isinstance(e, CascadeError):
+                log.exception("stream failed on %s", body.model)
+            err = {"error": {"message": str(e), "type": "server_error", "code": status}}
+            yield f"data: {json.dumps(err, ensure_ascii=False)}\n\n"
+        finally:
+            await events.aclose()  # release the request's turn at the models now
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(
