@@ -8,6 +8,8 @@ local GGUF, a vLLM cluster or OpenAI. ``make serve`` and the benchmarks use this
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import logging
 import os
 import signal
 import socket
@@ -21,6 +23,39 @@ from types import TracebackType
 import httpx
 
 _SERVER_ENV = ("HOST", "PORT", "CONFIG_FILE")
+_PR_SET_PDEATHSIG = 1
+
+log = logging.getLogger(__name__)
+
+
+def _die_with(parent: int) -> None:
+    """In the child, before exec: the kernel kills it when the process (strictly: the
+    thread) that started it dies, SIGKILL included, so a killed gateway leaves no ~2 GB server
+    behind. If the parent is already gone, exit at once."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _reap_stale(pid_file: Path, model_path: Path) -> None:
+    """Stop a server an earlier run of ours left behind (one started before the kernel's
+    death signal existed, or whose parent thread lived on): pid file, and only if that pid
+    still runs llama_cpp.server on our model, so a recycled pid is never killed."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return
+    if b"llama_cpp.server" not in cmd or str(model_path).encode() not in cmd:
+        return
+    log.warning("stopping a stale llama_cpp.server (pid %d) left by an earlier run", pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    for _ in range(100):
+        if not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.05)
 
 
 def free_port() -> int:
@@ -41,6 +76,7 @@ class LocalLLMServer:
         n_threads: int | None = None,
         log_path: Path | None = None,
         ready_timeout_s: float = 120.0,
+        pid_file: Path | None = None,
     ) -> None:
         if not model_path.is_file():
             raise FileNotFoundError(
@@ -53,6 +89,7 @@ class LocalLLMServer:
         self.n_threads = n_threads or min(os.cpu_count() or 2, 8)
         self.log_path = log_path
         self.ready_timeout_s = ready_timeout_s
+        self.pid_file = pid_file
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -81,9 +118,19 @@ class LocalLLMServer:
         # llama_cpp.server lets HOST, PORT and CONFIG_FILE in its environment override its
         # flags: `make serve PORT=8123` made it listen on the gateway's own port
         env = {k: v for k, v in os.environ.items() if k not in _SERVER_ENV}
+        if self.pid_file is not None:
+            _reap_stale(self.pid_file, self.model_path)
+        parent = os.getpid()
         self.proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            preexec_fn=lambda: _die_with(parent),
         )
+        if self.pid_file is not None:
+            self.pid_file.write_text(f"{self.proc.pid}\n")
         try:
             self._wait_ready()
         except BaseException:  # a timeout, or SIGTERM/Ctrl-C while the model loads
@@ -109,6 +156,8 @@ class LocalLLMServer:
         raise RuntimeError(f"llama_cpp.server did not answer within {self.ready_timeout_s:.0f} s")
 
     def stop(self) -> None:
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
@@ -146,5 +195,7 @@ def local_large_llm(models_dir: Path, log_dir: Path, enabled: bool = True) -> It
     path = model if model.is_absolute() else models_dir / model
     alias = os.environ.get("LLM_MODEL", "qwen2.5-1.5b")
     log_dir.mkdir(parents=True, exist_ok=True)
-    with LocalLLMServer(path, alias, log_path=log_dir / "llm-server.log") as server:
+    with LocalLLMServer(
+        path, alias, log_path=log_dir / "llm-server.log", pid_file=log_dir / "llm-server.pid"
+    ) as server:
         yield server.base_url
