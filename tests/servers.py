@@ -44,6 +44,20 @@ class Reply:
     status: int = 200
     body: Any = field(default_factory=lambda: completion("ok"))
     headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+def sse(*events: Any, done: bool = True) -> Reply:
+    """A streamed answer: each event a ``data:`` line (JSON unless already bytes)."""
+    lines = [e if isinstance(e, bytes) else json.dumps(e).encode() for e in events]
+    body = b"".join(b"data: " + x + b"\n\n" for x in lines) + (b"data: [DONE]\n\n" if done else b"")
+    return Reply(body=body, content_type="text/event-stream")
+
+
+def delta(text: str, finish: str | None = None) -> dict[str, Any]:
+    """One chunk of a streamed chat completion."""
+    choice = {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}
+    return {"id": "c", "object": "chat.completion.chunk", "choices": [choice]}
 
 
 @dataclass
@@ -73,7 +87,7 @@ class ScriptedServer:
                 raw = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body)
                 data = raw if isinstance(raw, bytes) else raw.encode()
                 self.send_response(reply.status)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", reply.content_type)
                 self.send_header("content-length", str(len(data)))
                 for k, v in reply.headers.items():
                     self.send_header(k, v)

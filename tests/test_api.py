@@ -145,7 +145,13 @@ async def test_readyz_names_what_is_down(tmp_path: Path, shared_backends: dict) 
         body = r.json()
         assert body["status"] == "not ready"
         assert sorted(body["down"]) == ["large:chat", "large:sentiment", "store"]
-        assert body["checks"]["store"] == {"ok": False, "kind": "redis", "url": dead_redis}
+        # started without its store: it cannot tell whether API keys exist, so it cannot serve
+        assert body["checks"]["store"] == {
+            "ok": False,
+            "required": True,
+            "kind": "redis",
+            "url": dead_redis,
+        }
         assert body["checks"]["large:chat"]["ok"] is False
         assert body["checks"]["large:chat"]["url"] == closed
         assert (await client.get("/healthz")).status_code == 200  # alive, just not ready

@@ -155,21 +155,26 @@ async def test_redis_outage(
         await wait_for_stats(client, "chat", lambda s: s["requests"] == 1)
 
         private_redis.stop()
-        for text in ("Hello there", "Hi"):
-            r = await ask(text)
-            assert r.status_code == 200, r.text
-            assert r.json()["cached"] is False  # the cache is away: answered afresh
+        r = await ask("Hello there")
+        assert r.status_code == 200, r.text
+        assert r.json()["cached"] is False  # new: answered afresh
+        r = await ask("Hi")  # a repeat: this process's own recent outcomes answer it
+        assert r.status_code == 200, r.text
+        assert r.json()["cached"] is True
+        # the process still serves: reported, but it stays in rotation (every replica shares
+        # the store, and it knows whether API keys exist)
         r = await client.get("/readyz")
-        assert r.status_code == 503
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "degraded"
         assert r.json()["down"] == ["store"]
         assert r.json()["checks"]["store"]["ok"] is False
 
         private_redis.start()  # same port, same data
         s = await wait_for_stats(client, "chat", lambda s: s["requests"] == 3)
-        assert s["cache_hits"] == 0
-        assert s["levels"]["small"]["answered"] == 3
+        assert s["cache_hits"] == 1
+        assert s["levels"]["small"]["answered"] == 2
         deadline = time.monotonic() + 20
-        while (await client.get("/readyz")).status_code != 200:
+        while (await client.get("/readyz")).json()["status"] != "ready":
             assert time.monotonic() < deadline, "never ready again after Redis came back"
             await asyncio.sleep(0.2)
         # the cache works again: the next repeat is a hit once the breaker has closed
