@@ -285,7 +285,8 @@ async def test_large_level_asks_for_logprobs_only_when_someone_reads_them(
     body = completion("Hi", tokens) if asked else completion("Hi")
     choice = body["choices"][0]
     chunk = {"choices": [{"delta": {"content": "Hi"}, "logprobs": choice.get("logprobs")}]}
-    sse = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+    end = {"choices": [{"delta": {}, "finish_reason": "stop"}]}
+    sse = f"data: {json.dumps(chunk)}\n\ndata: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode()
     for streaming in (False, True):
         with ScriptedServer([Reply(200, sse if streaming else body)]) as srv:
             backend = OpenAIBackend(srv.base_url, "big")

@@ -4,6 +4,7 @@ and the Redis store failing open while Redis is away."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -344,5 +345,25 @@ async def test_reconnects_at_once_after_a_redis_restart(
         assert await store.latest_version(TASK) == 1  # would raise on the stale connection
         assert await store.cache_get("cache:a") == {"output": "x"}  # not a counted miss
         assert store.errors == 0
+    finally:
+        await store.close()
+
+
+async def test_a_demonstration_retried_after_a_timeout_is_written_once(
+    tmp_path: Path, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    """An append that timed out after Redis had served it is retried from the outbox: the
+    stream must still hold it once (the learner would otherwise learn it twice)."""
+    store = RedisStore(REDIS_URL, tmp_path / "data", prefix=redis_prefix)
+    try:
+        await store.append_demo(TASK, demo(1))
+        data = json.dumps(demo(1), ensure_ascii=False, separators=(",", ":"))
+        # what the outbox does with an entry whose first attempt seemed to fail
+        store._outbox.push(TASK, data)
+        await store.flush_counters()
+        assert store.demos_buffered == 0
+        assert redis_client.xlen(f"{redis_prefix}:demos:{TASK}") == 1
+        await store.append_demo(TASK, demo(2))  # another demonstration is written
+        assert redis_client.xlen(f"{redis_prefix}:demos:{TASK}") == 2
     finally:
         await store.close()

@@ -11,6 +11,7 @@ Redis blip nor a gateway restart during one loses any.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -30,6 +31,17 @@ from cascade.store.outbox import Outbox
 log = logging.getLogger(__name__)
 
 GROUP = "learners"
+
+#: How long an appended demonstration is remembered as added (the window in which the outbox
+#: may retry one whose first attempt timed out after Redis had served it: an outage's length).
+DEMO_SEEN_TTL_S = 86_400
+
+_APPEND_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
+  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[1])
+end
+return false
+"""
 
 
 def _id_tuple(i: str) -> tuple[int, int]:
@@ -288,23 +300,29 @@ class RedisStore(Store):
     def demos_buffered(self) -> int:
         return len(self._outbox)
 
-    async def _xadd_demo(self, task: str, data: str) -> None:
-        await self.slow.xadd(
-            self.k("demos", task), {"d": data}, maxlen=self.demo_maxlen, approximate=True
+    def _demo_keys(self, task: str, data: str) -> list[str]:
+        digest = hashlib.sha256(data.encode()).hexdigest()[:32]
+        return [self.k("demos", task), self.k("demoseen", task, digest)]
+
+    async def _xadd_demo(self, task: str, data: str, client: aioredis.Redis | None = None) -> None:
+        """Append once: the script adds the entry only if this exact demonstration (it carries
+        its request id and a timestamp) was not added before, so a retry after a timeout that
+        Redis had in fact served (the outbox flushing it later) cannot write it twice."""
+        await (client or self.slow).eval(
+            _APPEND_ONCE,
+            2,
+            *self._demo_keys(task, data),
+            data,
+            self.demo_maxlen,
+            DEMO_SEEN_TTL_S,
         )
 
     async def append_demo(self, task: str, demo: dict[str, Any]) -> None:
         data = json.dumps(demo, ensure_ascii=False, separators=(",", ":"))
         if not self._outbox:
             # the fast client: a stopped Redis costs this request one short timeout, not the
-            # slow client's retries; a timeout after Redis took it can at worst add a duplicate
-            # from the outbox, never lose one
-            stream = self.k("demos", task)
-            ok, _ = await self._try_fast(
-                lambda: self.fast.xadd(
-                    stream, {"d": data}, maxlen=self.demo_maxlen, approximate=True
-                )
-            )
+            # slow client's retries; the outbox retries what timed out, at most once in effect
+            ok, _ = await self._try_fast(lambda: self._xadd_demo(task, data, self.fast))
             if ok:
                 return
             log.warning("demonstration buffered, Redis unavailable")
