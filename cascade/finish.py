@@ -61,8 +61,8 @@ async def finish(
                 )
             )
             raise CascadeUnavailableError(
-                f"task {rt.name!r}: no level could answer ({p.large_failed or 'no answer'});"
-                " the large LM is unreachable or failing and no cheaper answer exists"
+                f"task {rt.name!r}: no level could answer: the large LM gave no usable answer "
+                f"({p.large_failed or 'no answer'}) and no cheaper level had one ready"
             )
         p.answer = max(fallback, key=lambda o: o.confidence)
         degraded = True

@@ -113,6 +113,10 @@ class LocalLLMServer:
             str(self.n_threads),
             "--n_ctx",
             str(self.n_ctx),
+            # its default cuts off an answer being streamed when another request arrives
+            # (seen under 8 concurrent streams: 7 cut); queue them instead
+            "--interrupt_requests",
+            "false",
         ]
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         # llama_cpp.server lets HOST, PORT and CONFIG_FILE in its environment override its

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -365,5 +366,49 @@ async def test_a_demonstration_retried_after_a_timeout_is_written_once(
         assert redis_client.xlen(f"{redis_prefix}:demos:{TASK}") == 1
         await store.append_demo(TASK, demo(2))  # another demonstration is written
         assert redis_client.xlen(f"{redis_prefix}:demos:{TASK}") == 2
+    finally:
+        await store.close()
+
+
+async def test_repeats_are_answered_while_redis_is_stopped(
+    tmp_path: Path, private_redis: RedisServer
+) -> None:
+    """SIGSTOP: Redis accepts connections and never answers. A key this process wrote is
+    served from its own copy within the hedge, not after the socket timeout; a key it never
+    saw is a miss (the breaker trips on the timeout, and later misses are at once)."""
+    store = RedisStore(private_redis.url, tmp_path / "data", prefix="cgstop")
+    assert private_redis.proc is not None
+    try:
+        await store.cache_set("cache:known", {"output": "x"}, ttl_s=60)
+        assert await store.cache_get("cache:known") == {"output": "x"}  # from Redis
+        private_redis.proc.send_signal(signal.SIGSTOP)
+        worst = 0.0
+        for _ in range(50):
+            t0 = time.perf_counter()
+            assert await store.cache_get("cache:known") == {"output": "x"}
+            worst = max(worst, time.perf_counter() - t0)
+        assert worst < 0.08, worst  # the hedge (20 ms) and scheduling, never 0.1 s + retry
+        assert await store.cache_get("cache:never") is None
+        t0 = time.perf_counter()
+        assert await store.cache_get("cache:never") is None  # the breaker is open: at once
+        assert time.perf_counter() - t0 < 0.05
+    finally:
+        private_redis.proc.send_signal(signal.SIGCONT)
+        await store.close()
+
+
+async def test_a_lost_cache_write_is_answered_from_this_process(
+    tmp_path: Path, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    """Redis lost an entry this process wrote (a failed SET, an eviction): the local copy
+    answers rather than running the models again."""
+    store = RedisStore(REDIS_URL, tmp_path / "data", prefix=redis_prefix)
+    try:
+        await store.cache_set("cache:k", {"output": "x"}, ttl_s=60)
+        redis_client.delete(f"{redis_prefix}:cache:k")
+        assert await store.cache_get("cache:k") == {"output": "x"}
+        # a newer value in Redis (a correction through another process) wins over ours
+        redis_client.set(f"{redis_prefix}:cache:k", json.dumps({"output": "fixed"}))
+        assert await store.cache_get("cache:k") == {"output": "fixed"}
     finally:
         await store.close()

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,7 @@ class RedisStore(Store):
         demo_maxlen: int = 200_000,
         outbox_max: int = 100_000,
         local_cache_entries: int = 4096,
+        hedge_s: float = 0.02,
     ) -> None:
         super().__init__()
         self.url = url
@@ -148,6 +150,8 @@ class RedisStore(Store):
         )
         self.breaker = _Breaker()
         self.local = LocalCache(local_cache_entries)
+        self.hedge_s = hedge_s
+        self._hedges: set[asyncio.Future[Any]] = set()  # hedged reads still running
         self._outbox = Outbox(data_dir / "outbox", outbox_max)
         self._pending_cursor: dict[str, str] = {}  # re-delivering own pending entries from here
         self._groups: set[str] = set()
@@ -198,11 +202,29 @@ class RedisStore(Store):
         return (await self.cache_get_many([key]))[0]
 
     async def cache_get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
-        """One round trip for every key; this process's recent outcomes when Redis is away."""
-        ok, raws = await self._try_fast(lambda: self.fast.mget([self.k(k) for k in keys]))
+        """One round trip for every key, Redis's answer first; this process's own recent
+        outcomes where Redis is away, slow or lost one (a SET that failed).
+
+        Where this process holds one of the keys, Redis gets ``hedge_s`` to answer before the
+        local copy is served: a Redis that stops answering (SIGSTOP, a partition) costs a
+        repeat that long, not the socket timeout. The call goes on in the background and its
+        failure trips the breaker as any other."""
+        local = [self.local.get(k) for k in keys]
+        call: Awaitable[tuple[bool, Any]] = self._try_fast(
+            lambda: self.fast.mget([self.k(k) for k in keys])
+        )
+        if any(v is not None for v in local):
+            task = asyncio.ensure_future(call)
+            done, _ = await asyncio.wait({task}, timeout=self.hedge_s)
+            if not done:
+                self._hedges.add(task)
+                task.add_done_callback(self._hedges.discard)
+                return local
+            call = task
+        ok, raws = await call
         if not ok:
-            return [self.local.get(k) for k in keys]
-        return [None if r is None else json.loads(r) for r in raws]
+            return local
+        return [mine if r is None else json.loads(r) for r, mine in zip(raws, local, strict=True)]
 
     async def cache_set(self, key: str, value: dict[str, Any], ttl_s: int) -> None:
         if ttl_s > 0:
