@@ -198,7 +198,7 @@ async def _prerouter(
 ) -> dict[str, Any]:
     """The cascade as configured, then with a pre-router: cost and quality of both."""
     large_name = task.levels[-1].name
-    embed = _level(task, small).params.get("embed")
+    embed = getattr(_level(task, small).params, "embed", None)
     # the configured task may have a router already: compare it bare, and with one router
     bare = task.model_copy(update={"levels": [lc for lc in task.levels if lc.kind != "router"]})
     variants = {"without": bare, "with": router_task(bare, small, args.router_threshold, embed)}

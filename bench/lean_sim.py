@@ -45,6 +45,7 @@ from bench.memo import _unb64, memo_key
 from bench.streams import Stream, builtin, reorder
 from cascade.backends.openai_http import parse_chat_response
 from cascade.config import LevelConfig, TaskConfig, load_config
+from cascade.level_settings import LocalLMSettings
 from cascade.levels.heads import LogisticHead
 from cascade.levels.lm import probe_input
 from cascade.prompts import LabelMatcher, render_messages
@@ -97,7 +98,7 @@ class Knobs:
 
 
 def _levels(task: TaskConfig) -> tuple[LevelConfig, LevelConfig]:
-    small = [lv for lv in task.levels if lv.kind == "local_lm" and lv.params.get("probe")]
+    small = [lv for lv in task.levels if getattr(lv.params, "probe", False)]
     if len(task.levels) != 2 or not small:
         raise SystemExit("lean_sim replays a task of two levels: a local_lm with probe, then one")
     return small[0], task.levels[-1]
@@ -107,7 +108,7 @@ def knobs_of(task: TaskConfig) -> Knobs:
     small, _ = _levels(task)
     pol = small.policy
     return Knobs(
-        probe_c=float(small.params.get("probe_c", 0.03)),
+        probe_c=small.settings(LocalLMSettings).probe_c,
         beta=getattr(pol, "beta", None),
         floor=getattr(pol, "explore_floor", None),
         warmup=int(getattr(pol, "warmup", 0) or 0),

@@ -56,7 +56,7 @@ def task_for(spec: RunSpec, template: TaskConfig) -> TaskConfig:
                 LevelConfig.model_validate(
                     {
                         **lc.model_dump(),
-                        "params": {k: v for k, v in lc.params.items() if k != "probe"},
+                        "params": lc.params.model_dump(exclude={"probe"}),
                     }
                 )
                 for lc in cheap

@@ -180,6 +180,6 @@ def _need(path: Path) -> None:
 def without_fuse(task: TaskConfig) -> TaskConfig:
     """``task`` serving its large LM's own answers (no ``params.fuse``)."""
     large = task.levels[-1]
-    params = {k: v for k, v in large.params.items() if k != "fuse"}
+    params = large.params.model_copy(update={"fuse": []})
     levels = [*task.levels[:-1], large.model_copy(update={"params": params})]
     return task.model_copy(update={"levels": levels})

@@ -11,10 +11,12 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cascade.level_settings import LevelSettings, LocalLMSettings, OpenAISettings, parse_settings
 
 
 def _default_config() -> Path:
@@ -25,6 +27,8 @@ def _default_config() -> Path:
 
 
 DEFAULT_CONFIG = _default_config()
+
+S = TypeVar("S", bound=BaseModel)
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -117,7 +121,24 @@ class LevelConfig(_Strict):
     backend: str | None = Field(None, description="backend name for encoder/local_lm/openai")
     cost: float = Field(gt=0, description="relative cost of one call of this level")
     policy: ThresholdPolicyConfig | PolicyConfigAny = ThresholdPolicyConfig()
-    params: dict[str, object] = Field(default_factory=dict, description="level hyper-parameters")
+    params: LevelSettings = Field(
+        default_factory=OpenAISettings, description="the level kind's own settings"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_params(cls, data: object) -> object:
+        """``params`` as the kind's settings model: an unknown key is an error, not ignored."""
+        if isinstance(data, Mapping) and isinstance(data.get("kind"), str):
+            kind, name = data["kind"], data.get("name", "?")
+            return {**data, "params": parse_settings(kind, str(name), data.get("params"))}
+        return data
+
+    def settings(self, cls: type[S]) -> S:
+        """This level's settings as the model its kind takes (typed access for its level)."""
+        if not isinstance(self.params, cls):
+            raise TypeError(f"level {self.name!r} is a {self.kind}, not {cls.__name__}")
+        return self.params
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -197,6 +218,13 @@ class TaskConfig(_Strict):
                 )
             if lv.kind == "router" and self.levels[i + 1].kind not in ("local_lm", "openai"):
                 raise ValueError(f"router {lv.name!r} must come right before an LM level")
+            stack = lv.params.stack if isinstance(lv.params, LocalLMSettings) else []
+            missing = [n for n in stack if n not in names[:i]]
+            if missing:
+                raise ValueError(
+                    f"level {lv.name!r} params.stack names {missing}, which are not earlier "
+                    f"levels (earlier levels: {names[:i]})"
+                )
         self._check_fuse()
         if (
             self.kind == "generate"
@@ -210,7 +238,7 @@ class TaskConfig(_Strict):
         """``params.fuse`` on the large LM: earlier zero-shot LM levels whose label
         distributions multiply the large LM's (``cascade.fuse``)."""
         for lv in self.levels[:-1]:
-            if "fuse" in lv.params:
+            if getattr(lv.params, "fuse", None):
                 raise ValueError(f"level {lv.name!r}: only the last level (the large LM) fuses")
         names = self.fuse_names()
         if not names:
@@ -230,7 +258,7 @@ class TaskConfig(_Strict):
                     f"params.fuse: level {name!r} is a {lv.kind}; only LM levels "
                     "have a zero-shot label distribution to fuse"
                 )
-            if lv.kind == "local_lm" and _number(lv.params.get("icl_k")):
+            if isinstance(lv.params, LocalLMSettings) and lv.params.icl_k:
                 raise ValueError(
                     f"params.fuse: level {name!r} prompts with learned examples "
                     "(icl_k), so its answer is not zero-shot"
@@ -238,8 +266,7 @@ class TaskConfig(_Strict):
 
     def fuse_names(self) -> list[str]:
         """The levels ``params.fuse`` names (empty: the large LM's answer is served as is)."""
-        raw = self.levels[-1].params.get("fuse")
-        return [] if raw is None else [str(n) for n in (raw if isinstance(raw, list) else [raw])]
+        return list(getattr(self.levels[-1].params, "fuse", []))
 
     def word(self, label: str) -> str:
         return self.label_words.get(label, label)
@@ -269,7 +296,7 @@ class Config(_Strict):
             if qb is not None and getattr(self.backends.get(qb), "kind", None) != "encoder":
                 raise ValueError(f"tasks.{tname}.quality.backend: {qb!r} is not an encoder backend")
             for lv in task.levels:
-                emb = lv.params.get("embed")
+                emb = getattr(lv.params, "embed", None)
                 if emb is not None and getattr(self.backends.get(str(emb)), "kind", None) != (
                     "encoder"
                 ):
@@ -294,14 +321,6 @@ class Config(_Strict):
                         f"{needs[lv.kind]} backend, {lv.backend!r} is {b.kind}"
                     )
         return self
-
-
-def _number(v: object) -> float:
-    """A numeric parameter as written (0 when absent or not a number: its level reports it)."""
-    try:
-        return float(str(v)) if v is not None else 0.0
-    except ValueError:
-        return 0.0
 
 
 def _interpolate(text: str, env: Mapping[str, str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cascade.backends import BackendPool
 from cascade.config import LevelConfig, TaskConfig
+from cascade.level_settings import LocalLMSettings, OpenAISettings, RouterSettings
 from cascade.levels.base import Demo, Level, LevelOutput, Query
 
 __all__ = ["Demo", "Level", "LevelOutput", "Query", "build_level"]
@@ -22,7 +23,7 @@ def build_level(
 
         names = [lc.name for lc in task.levels]
         target = names[names.index(cfg.name) + 1]
-        embed = cfg.params.get("embed")
+        embed = cfg.settings(RouterSettings).embed
         return RouterLevel(cfg, task, target, pool.encoder(str(embed)) if embed else None)
     assert cfg.backend is not None
     if cfg.kind == "encoder":
@@ -33,14 +34,16 @@ def build_level(
         from cascade.levels.lm import LocalLMLevel
 
         level = LocalLMLevel(cfg, task, None if for_learner else pool.llama(cfg.backend))
-        if cfg.params.get("embed") and not for_learner:
-            level.encoder = pool.encoder(str(cfg.params["embed"]))
+        embed = cfg.settings(LocalLMSettings).embed
+        if embed and not for_learner:
+            level.encoder = pool.encoder(embed)
         return level
     if cfg.kind == "openai":
         from cascade.levels.lm import OpenAILevel
 
         olevel = OpenAILevel(cfg, task, pool.openai(cfg.backend))
-        if cfg.params.get("embed"):
-            olevel.encoder = pool.encoder(str(cfg.params["embed"]))
+        embed = cfg.settings(OpenAISettings).embed
+        if embed:
+            olevel.encoder = pool.encoder(embed)
         return olevel
     raise ValueError(f"unknown level kind {cfg.kind!r}")

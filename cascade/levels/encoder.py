@@ -15,6 +15,7 @@ import numpy as np
 
 from cascade.backends.encoder import EncoderBackend
 from cascade.config import LevelConfig, TaskConfig
+from cascade.level_settings import EncoderSettings
 from cascade.levels.base import Demo, Level, LevelOutput, Query
 from cascade.levels.heads import LogisticHead
 
@@ -26,12 +27,9 @@ class EncoderLevel(Level):
     def __init__(self, cfg: LevelConfig, task: TaskConfig, encoder: EncoderBackend) -> None:
         super().__init__(cfg, task)
         self.encoder = encoder
-        p = cfg.params
+        p = cfg.settings(EncoderSettings)
         self.head = LogisticHead(
-            len(self.labels),
-            c=float(p.get("c", 0.1)),
-            refit_every=int(p.get("refit_every", 16)),
-            min_examples=int(p.get("min_examples", 32)),
+            len(self.labels), c=p.c, refit_every=p.refit_every, min_examples=p.min_examples
         )
 
     def warmup(self) -> None:

@@ -25,6 +25,7 @@ from cascade.backends.llama import LlamaBackend
 from cascade.backends.openai_http import OpenAIBackend
 from cascade.config import LevelConfig, TaskConfig
 from cascade.demos import decode_vector
+from cascade.level_settings import LocalLMSettings
 from cascade.levels.base import Demo, Level, LevelOutput, Query
 from cascade.levels.heads import LogisticHead
 from cascade.levels.neighbours import DemoIndex, few_shot_messages
@@ -94,19 +95,18 @@ class LocalLMLevel(_LMLevel):
     def __init__(self, cfg: LevelConfig, task: TaskConfig, backend: LlamaBackend | None) -> None:
         super().__init__(cfg, task)
         self.backend = backend  # None in the learner process: only the probe is needed there
-        p = cfg.params
-        self.probe_enabled = bool(p.get("probe", False)) and task.kind == "classify"
+        p = cfg.settings(LocalLMSettings)
+        self.probe_enabled = p.probe and task.kind == "classify"
         self.probe = LogisticHead(
             len(self.labels) or 1,
-            c=float(p.get("probe_c", 0.03)),
-            refit_every=int(p.get("refit_every", 16)),
-            min_examples=int(p.get("probe_min_examples", 32)),
+            c=p.probe_c,
+            refit_every=p.refit_every,
+            min_examples=p.probe_min_examples,
         )
-        stack = p.get("stack") or []
-        self.stack = [str(s) for s in stack] if isinstance(stack, list) else [str(stack)]
+        self.stack = list(p.stack)
         # in-context imitation: the k nearest large-LM demonstrations as few-shot turns
-        self.icl_k = int(p.get("icl_k", 0)) if task.kind == "classify" else 0
-        self.index = DemoIndex(int(p.get("icl_max", 2000)), int(p.get("icl_words", 60)))
+        self.icl_k = p.icl_k if task.kind == "classify" else 0
+        self.index = DemoIndex(p.icl_max, p.icl_words)
         self.trainable = self.probe_enabled or self.icl_k > 0
 
     def _need_backend(self) -> LlamaBackend:

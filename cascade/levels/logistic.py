@@ -17,6 +17,7 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.utils import murmurhash3_32
 
 from cascade.config import LevelConfig, TaskConfig
+from cascade.level_settings import LogisticSettings
 from cascade.levels.base import Demo, Level, LevelOutput, Query
 
 
@@ -26,13 +27,13 @@ class LogisticLevel(Level):
 
     def __init__(self, cfg: LevelConfig, task: TaskConfig) -> None:
         super().__init__(cfg, task)
-        p = cfg.params
-        self.n_features = int(p.get("n_features", 2**18))
-        self.batch_size = int(p.get("batch_size", 8))
-        self.alpha = float(p.get("alpha", 1e-5))
+        p = cfg.settings(LogisticSettings)
+        self.n_features = p.n_features
+        self.batch_size = p.batch_size
+        self.alpha = p.alpha
         self.vectorizer = HashingVectorizer(
             n_features=self.n_features,
-            ngram_range=(1, int(p.get("ngram_max", 2))),
+            ngram_range=(1, p.ngram_max),
             alternate_sign=False,
             norm="l2",
         )

@@ -26,6 +26,7 @@ from sklearn.linear_model import SGDClassifier
 
 from cascade.backends.encoder import EncoderBackend
 from cascade.config import LevelConfig, TaskConfig
+from cascade.level_settings import RouterSettings
 from cascade.levels.base import Demo, Level, LevelOutput, Query
 
 
@@ -40,11 +41,11 @@ class RouterLevel(Level):
         super().__init__(cfg, task)
         self.target = target  # the level whose acceptance it predicts
         self.encoder = encoder
-        p = cfg.params
-        self.batch_size = int(p.get("batch_size", 8))
-        self.alpha = float(p.get("alpha", 1e-4))
+        p = cfg.settings(RouterSettings)
+        self.batch_size = p.batch_size
+        self.alpha = p.alpha
         self.vectorizer = HashingVectorizer(
-            n_features=int(p.get("n_features", 2**16)),
+            n_features=p.n_features,
             ngram_range=(1, 2),
             alternate_sign=False,
             norm="l2",
