@@ -19,6 +19,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as mp
 
+from cascade.counters import TaskStat
 from cascade.outcome import Outcome
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
@@ -134,7 +135,7 @@ class Metrics:
 
     def observe(self, o: Outcome) -> None:
         c = o.counters
-        if c.get("unavailable"):
+        if c.get(TaskStat.UNAVAILABLE):
             self._child(self.requests, o.task, "none", "unavailable").inc()
         elif o.cached:
             self._child(self.requests, o.task, o.level, "cached").inc()
@@ -155,13 +156,13 @@ class Metrics:
                 self._child(self.invalid, o.task, t.name).inc()
             if t.error is None:
                 self._child(self.level_latency, o.task, t.name).observe(t.latency_ms / 1000)
-        if c.get("llm_calls"):
+        if c.get(TaskStat.LLM_CALLS):
             self._child(self.llm_calls, o.task).inc()
             large = next((t for t in reversed(o.levels)), None)
             if large is not None and large.error is None:
                 self._child(self.llm_latency, o.task).observe(large.latency_ms / 1000)
-        self._child(self.cost, o.task).inc(c.get("cost", 0.0))
-        self._child(self.cost_llm_only, o.task).inc(c.get("cost_llm_only", 0.0))
+        self._child(self.cost, o.task).inc(c.get(TaskStat.COST, 0.0))
+        self._child(self.cost_llm_only, o.task).inc(c.get(TaskStat.COST_LLM_ONLY, 0.0))
 
     def sync_store_errors(self, total: int) -> None:
         if total > self._store_errors_seen:

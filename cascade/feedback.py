@@ -7,6 +7,7 @@ replaced so the same request is answered correctly from now on.
 
 from __future__ import annotations
 
+from cascade.counters import TaskStat
 from cascade.demos import build_demo
 from cascade.levels.base import LevelOutput
 from cascade.runner import Cascade
@@ -58,7 +59,7 @@ async def submit_feedback(
         source="feedback",
     )
     await cascade.store.append_demo(rt.name, demo)
-    cascade.store.count(rt.name, {"feedback": 1})
+    cascade.store.count(rt.name, {TaskStat.FEEDBACK: 1})
     if record.get("cache_key"):
         await cascade.store.cache_set(
             record["cache_key"],

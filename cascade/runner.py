@@ -20,6 +20,7 @@ import anyio
 from cascade.aio import Admission
 from cascade.backends import BackendError, BackendPool
 from cascade.config import Config
+from cascade.counters import LevelStat, TaskStat, level_key
 from cascade.finish import finish
 from cascade.levels import LevelOutput, Query, build_level
 from cascade.outcome import (
@@ -151,7 +152,7 @@ class Cascade:
                 log.debug("traffic sync failed: %s", e)
                 continue
             for level, explorer in pols:
-                shared = int(counters.get(f"lvl:{level}:decided", 0))
+                shared = int(counters.get(level_key(level, LevelStat.DECIDED), 0))
                 explorer.traffic = max(explorer.traffic, shared)
 
     # ------------------------------------------------------------------ serving
@@ -206,7 +207,11 @@ class Cascade:
         hit = next((h for h in await self.store.cache_get_many(list(keys)) if h), None)
         if hit is None:
             return None
-        deltas = {"requests": 1, "cache_hits": 1, "cost_llm_only": rt.large.cost}
+        deltas = {
+            TaskStat.REQUESTS: 1,
+            TaskStat.CACHE_HITS: 1,
+            TaskStat.COST_LLM_ONLY: rt.large.cost,
+        }
         self.store.count(rt.name, deltas)
         total = (time.perf_counter() - t0) * 1000
         out = Outcome(
@@ -244,18 +249,18 @@ class Cascade:
             return hit
         await self._admit(rt)
         try:
-            p = Walk(rt, q, uuid.uuid4().hex, tenant, keys if use_cache else None, rt.version)
-            await walk_cheap_levels(p)
-            if p.answer is None:
-                await try_level(p, len(rt.levels) - 1)
-            return await self._finish(p, t0, use_cache)
+            walk = Walk(rt, q, uuid.uuid4().hex, tenant, keys if use_cache else None, rt.version)
+            await walk_cheap_levels(walk)
+            if walk.answer is None:
+                await try_level(walk, len(rt.levels) - 1)
+            return await self._finish(walk, t0, use_cache)
         finally:
             self.admission.leave()
 
     async def _admit(self, rt: TaskRuntime) -> None:
         """A turn to run the models, or 503 when too many requests already wait for one."""
         if not await self.admission.enter():
-            self.store.count(rt.name, {"requests": 1, "shed": 1})
+            self.store.count(rt.name, {TaskStat.REQUESTS: 1, TaskStat.SHED: 1})
             raise OverloadedError(
                 f"the gateway is overloaded: {self.admission.limit} requests are running models "
                 f"and no turn came within {self.admission.timeout_s:g} s; retry shortly"
@@ -285,19 +290,21 @@ class Cascade:
             return
         await self._admit(rt)
         try:
-            p = Walk(rt, q, uuid.uuid4().hex, tenant, keys if use_cache else None, rt.version)
-            async for ev in self._stream_walk(p, t0, use_cache):
+            walk = Walk(rt, q, uuid.uuid4().hex, tenant, keys if use_cache else None, rt.version)
+            async for ev in self._stream_walk(walk, t0, use_cache):
                 yield ev
         finally:
             self.admission.leave()
 
-    async def _stream_walk(self, p: Walk, t0: float, use_cache: bool) -> AsyncIterator[StreamEvent]:
-        rt, q = p.rt, p.q
-        await walk_cheap_levels(p)
-        overhead = (time.perf_counter() - t0) * 1000 - sum(t.latency_ms for t in p.traces)
-        if p.answer is not None:
-            yield StreamEvent(level=p.answer.name, cached=False, overhead_ms=overhead)
-            done = await self._finish(p, t0, use_cache)
+    async def _stream_walk(
+        self, walk: Walk, t0: float, use_cache: bool
+    ) -> AsyncIterator[StreamEvent]:
+        rt, q = walk.rt, walk.q
+        await walk_cheap_levels(walk)
+        overhead = (time.perf_counter() - t0) * 1000 - sum(t.latency_ms for t in walk.traces)
+        if walk.answer is not None:
+            yield StreamEvent(level=walk.answer.name, cached=False, overhead_ms=overhead)
+            done = await self._finish(walk, t0, use_cache)
             yield StreamEvent(delta=done.output)
             yield StreamEvent(outcome=done)
             return
@@ -314,19 +321,19 @@ class Cascade:
                         yield StreamEvent(level=rt.large.name, cached=False, overhead_ms=overhead)
                     yield StreamEvent(delta=delta)
         except (BackendError, TimeoutError) as e:
-            level_failed(p, last, e)
+            level_failed(walk, last, e)
             if started:
                 # part of the answer is out and cannot be taken back: the stream ends with an
                 # error, and nothing of it is cached or learned from
-                p.deltas["unavailable"] = 1
-                p.deltas["truncated"] = 1
-                self.store.count(rt.name, p.deltas)
+                walk.deltas[TaskStat.UNAVAILABLE] = 1
+                walk.deltas[TaskStat.TRUNCATED] = 1
+                self.store.count(rt.name, walk.deltas)
                 raise CascadeUnavailableError(
-                    f"the large LM failed mid-answer: {p.large_failed}"
+                    f"the large LM failed mid-answer: {walk.large_failed}"
                 ) from e
         if final is not None:
-            record_level(p, last, final)
-        done = await self._finish(p, t0, use_cache)  # may degrade, or raise if nothing answered
+            record_level(walk, last, final)
+        done = await self._finish(walk, t0, use_cache)  # may degrade, or raise if nothing answered
         if not started:
             yield StreamEvent(level=done.level, cached=False, overhead_ms=overhead)
             yield StreamEvent(delta=done.output)
@@ -334,8 +341,8 @@ class Cascade:
 
     # ------------------------------------------------------------------ the walk
 
-    async def _finish(self, p: Walk, t0: float, use_cache: bool) -> Outcome:
-        return await finish(self.store, p, t0, use_cache, self.request_ttl_s, self._observe)
+    async def _finish(self, walk: Walk, t0: float, use_cache: bool) -> Outcome:
+        return await finish(self.store, walk, t0, use_cache, self.request_ttl_s, self._observe)
 
     def _observe(self, outcome: Outcome) -> None:
         for obs in self.observers:

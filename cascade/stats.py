@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from cascade.counters import LevelStat, TaskStat, level_key
+
 
 def wilson(successes: float, n: float, z: float = 1.96) -> tuple[float, float] | None:
     """Wilson score interval for a proportion; None without observations."""
@@ -22,28 +24,28 @@ def _r(x: float, nd: int = 4) -> float:
 
 
 def level_stats(c: dict[str, float], name: str) -> dict[str, Any]:
-    def g(k: str) -> float:
-        return c.get(f"lvl:{name}:{k}", 0.0)
+    def g(stat: LevelStat) -> float:
+        return c.get(level_key(name, stat), 0.0)
 
-    seen, answered, deferred = g("seen"), g("answered"), g("deferred")
+    seen, answered, deferred = g(LevelStat.SEEN), g(LevelStat.ANSWERED), g(LevelStat.DEFERRED)
     out: dict[str, Any] = {
         "seen": int(seen),
         "answered": int(answered),
         "deferred": int(deferred),
         "deferral_rate": _r(deferred / seen) if seen else None,
-        "invalid": int(g("invalid")),
-        "failed": int(g("failed")),
-        "explored": int(g("explored")),
-        "mean_latency_ms": _r(g("latency_ms") / seen, 3) if seen else None,
+        "invalid": int(g(LevelStat.INVALID)),
+        "failed": int(g(LevelStat.FAILED)),
+        "explored": int(g(LevelStat.EXPLORED)),
+        "mean_latency_ms": _r(g(LevelStat.LATENCY_MS) / seen, 3) if seen else None,
     }
-    n, agree = g("agree_n"), g("agree")
+    n, agree = g(LevelStat.AGREE_N), g(LevelStat.AGREE)
     out["agreement_with_large"] = {
         "n": int(n),
         "rate": _r(agree / n) if n else None,
         "ci95": [_r(x) for x in ci] if (ci := wilson(agree, n)) else None,
     }
     # unbiased: among explored items the level would have answered
-    en, ea = g("est_n"), g("est_agree")
+    en, ea = g(LevelStat.EST_N), g(LevelStat.EST_AGREE)
     out["agreement_when_answering"] = {
         "n": int(en),
         "estimate": _r(ea / en) if en else None,
@@ -53,38 +55,38 @@ def level_stats(c: dict[str, float], name: str) -> dict[str, Any]:
 
 
 def task_stats(c: dict[str, float], level_names: list[str]) -> dict[str, Any]:
-    requests = c.get("requests", 0.0)
-    cost, llm_only = c.get("cost", 0.0), c.get("cost_llm_only", 0.0)
-    hits = c.get("cache_hits", 0.0)
+    requests = c.get(TaskStat.REQUESTS, 0.0)
+    cost, llm_only = c.get(TaskStat.COST, 0.0), c.get(TaskStat.COST_LLM_ONLY, 0.0)
+    hits = c.get(TaskStat.CACHE_HITS, 0.0)
     return {
         "requests": int(requests),
         "cache_hits": int(hits),
         "cache_hit_rate": _r(hits / requests) if requests else None,
-        "large_llm_calls": int(c.get("llm_calls", 0.0)),
-        "large_llm_share": _r(c.get("llm_calls", 0.0) / requests) if requests else None,
-        "degraded": int(c.get("degraded", 0.0)),
-        "unavailable": int(c.get("unavailable", 0.0)),
+        "large_llm_calls": int(c.get(TaskStat.LLM_CALLS, 0.0)),
+        "large_llm_share": _r(c.get(TaskStat.LLM_CALLS, 0.0) / requests) if requests else None,
+        "degraded": int(c.get(TaskStat.DEGRADED, 0.0)),
+        "unavailable": int(c.get(TaskStat.UNAVAILABLE, 0.0)),
         # refused without an answer: prompts past the large LM's context (a 400), and
         # requests shed because too many already waited for a model (a 503 with Retry-After)
-        "bad_input": int(c.get("bad_input", 0.0)),
-        "shed": int(c.get("shed", 0.0)),
+        "bad_input": int(c.get(TaskStat.BAD_INPUT, 0.0)),
+        "shed": int(c.get(TaskStat.SHED, 0.0)),
         "cost": _r(cost, 6),
         "cost_llm_only": _r(llm_only, 6),
         "cost_saved": _r(llm_only - cost, 6),
         "cost_saved_rate": _r(1 - cost / llm_only) if llm_only else None,
-        "demonstrations": int(c.get("demos", 0.0)),
+        "demonstrations": int(c.get(TaskStat.DEMOS, 0.0)),
         # large-LM answers served fused with cheaper LMs' (params.fuse), and how many of those
         # the fusion changed
-        "fused": int(c.get("fused", 0.0)),
-        "fused_changed": int(c.get("fused_changed", 0.0)),
+        "fused": int(c.get(TaskStat.FUSED, 0.0)),
+        "fused_changed": int(c.get(TaskStat.FUSED_CHANGED, 0.0)),
         "levels": {name: level_stats(c, name) for name in level_names},
     }
 
 
 def series_point(ts: int, c: dict[str, float], level_names: list[str]) -> dict[str, Any]:
     """One time bucket of the dashboard's charts."""
-    requests = c.get("requests", 0.0)
-    llm_only = c.get("cost_llm_only", 0.0)
+    requests = c.get(TaskStat.REQUESTS, 0.0)
+    llm_only = c.get(TaskStat.COST_LLM_ONLY, 0.0)
 
     def rate(num: float, den: float) -> float | None:
         return _r(num / den) if den else None
@@ -92,15 +94,21 @@ def series_point(ts: int, c: dict[str, float], level_names: list[str]) -> dict[s
     return {
         "t": ts,
         "requests": int(requests),
-        "cache_hit_rate": rate(c.get("cache_hits", 0.0), requests),
-        "large_llm_share": rate(c.get("llm_calls", 0.0), requests),
-        "cost_saved_rate": rate(llm_only - c.get("cost", 0.0), llm_only),
+        "cache_hit_rate": rate(c.get(TaskStat.CACHE_HITS, 0.0), requests),
+        "large_llm_share": rate(c.get(TaskStat.LLM_CALLS, 0.0), requests),
+        "cost_saved_rate": rate(llm_only - c.get(TaskStat.COST, 0.0), llm_only),
         "deferral_rate": {
-            n: rate(c.get(f"lvl:{n}:deferred", 0.0), c.get(f"lvl:{n}:seen", 0.0))
+            n: rate(
+                c.get(level_key(n, LevelStat.DEFERRED), 0.0),
+                c.get(level_key(n, LevelStat.SEEN), 0.0),
+            )
             for n in level_names[:-1]
         },
         "agreement": {
-            n: rate(c.get(f"lvl:{n}:agree", 0.0), c.get(f"lvl:{n}:agree_n", 0.0))
+            n: rate(
+                c.get(level_key(n, LevelStat.AGREE), 0.0),
+                c.get(level_key(n, LevelStat.AGREE_N), 0.0),
+            )
             for n in level_names[:-1]
         },
     }

@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from cascade.counters import LevelStat, level_key
 from cascade.levels import Demo, Level
 from cascade.quality import QualityMeasure
 from cascade.versions import TaskState
@@ -84,8 +85,8 @@ class TaskLearner:
         for (_, name, rec), q in zip(pairs, scores, strict=True):
             rec["quality"] = float(q)
             rec["acceptable"] = bool(q >= self.quality.threshold)
-            counts[f"lvl:{name}:agree_n"] += 1
-            counts[f"lvl:{name}:agree"] += float(rec["acceptable"])
+            counts[level_key(name, LevelStat.AGREE_N)] += 1
+            counts[level_key(name, LevelStat.AGREE)] += float(rec["acceptable"])
         return counts
 
     def _wrong(self, rec: dict[str, Any], d: Demo) -> bool | None:

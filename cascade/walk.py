@@ -10,8 +10,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 from cascade.backends import BackendError, ContextLengthError
+from cascade.counters import LevelStat, TaskStat, level_key
 from cascade.levels import LevelOutput, Query
 from cascade.outcome import LevelTrace
 from cascade.runtime import TaskRuntime, features_of
@@ -44,60 +46,60 @@ class Walk:
     skip_next: bool = False
 
 
-async def walk_cheap_levels(p: Walk) -> None:
-    p.deltas = {"requests": 1, "cost_llm_only": p.rt.large.cost}
+async def walk_cheap_levels(walk: Walk) -> None:
+    walk.deltas = {TaskStat.REQUESTS: 1, TaskStat.COST_LLM_ONLY: walk.rt.large.cost}
     # one exploration coin per request: an explored item runs every level, and goes on to
     # the large LM whatever they say, so each level sees a uniform sample of its traffic
-    want = max((pol.explore_probability for pol in p.rt.policies if pol is not None), default=0)
-    p.explore_p = want
-    p.exploring = want > 0 and p.rt.rng.random() < want
+    want = max((pol.explore_probability for pol in walk.rt.policies if pol is not None), default=0)
+    walk.explore_p = want
+    walk.exploring = want > 0 and walk.rt.rng.random() < want
     i = 0
-    while i < len(p.rt.levels) - 1:
-        await try_level(p, i)
-        if p.answer is not None:
+    while i < len(walk.rt.levels) - 1:
+        await try_level(walk, i)
+        if walk.answer is not None:
             return
-        i += 2 if p.skip_next else 1  # a router sent the request past the next level
-        p.skip_next = False
+        i += 2 if walk.skip_next else 1  # a router sent the request past the next level
+        walk.skip_next = False
 
 
-async def try_level(p: Walk, i: int) -> None:
-    remaining = p.q.deadline - time.monotonic() if p.q.deadline else None
+async def try_level(walk: Walk, i: int) -> None:
+    remaining = walk.q.deadline - time.monotonic() if walk.q.deadline else None
     try:
         if remaining is not None and remaining <= 0:
             raise TimeoutError
-        out = await asyncio.wait_for(p.rt.levels[i].predict(p.q), timeout=remaining)
+        out = await asyncio.wait_for(walk.rt.levels[i].predict(walk.q), timeout=remaining)
     except (BackendError, TimeoutError) as e:
-        level_failed(p, i, e)
+        level_failed(walk, i, e)
         return
-    record_level(p, i, out)
+    record_level(walk, i, out)
 
 
-def level_failed(p: Walk, i: int, e: Exception) -> None:
-    level = p.rt.levels[i]
+def level_failed(walk: Walk, i: int, e: Exception) -> None:
+    level = walk.rt.levels[i]
     msg = "deadline exceeded" if isinstance(e, TimeoutError) else str(e)
-    log.warning("level %s of %s failed: %s", level.name, p.rt.name, msg)
-    p.cost += level.cost
-    pre = f"lvl:{level.name}:"
-    p.deltas[pre + "seen"] = 1
-    p.deltas[pre + "failed"] = 1
-    p.traces.append(LevelTrace(level.name, False, None, 0.0, error=msg))
-    if i == len(p.rt.levels) - 1:
-        p.large_failed = msg
-        p.deltas["llm_calls"] = 1
+    log.warning("level %s of %s failed: %s", level.name, walk.rt.name, msg)
+    walk.cost += level.cost
+    key = partial(level_key, level.name)
+    walk.deltas[key(LevelStat.SEEN)] = 1
+    walk.deltas[key(LevelStat.FAILED)] = 1
+    walk.traces.append(LevelTrace(level.name, False, None, 0.0, error=msg))
+    if i == len(walk.rt.levels) - 1:
+        walk.large_failed = msg
+        walk.deltas[TaskStat.LLM_CALLS] = 1
         if isinstance(e, ContextLengthError):
-            p.too_long = msg
+            walk.too_long = msg
 
 
-def record_level(p: Walk, i: int, out: LevelOutput) -> None:
+def record_level(walk: Walk, i: int, out: LevelOutput) -> None:
     """Book a level's answer and let its policy decide (the last level always answers)."""
-    level = p.rt.levels[i]
-    pre = f"lvl:{level.name}:"
-    last = i == len(p.rt.levels) - 1
-    p.cost += level.cost
-    p.outputs.append(out)
-    p.q.shared.setdefault("outputs", {})[level.name] = out  # later levels may stack on it
-    p.deltas[pre + "seen"] = 1
-    p.deltas[pre + "latency_ms"] = out.latency_ms
+    level = walk.rt.levels[i]
+    key = partial(level_key, level.name)
+    last = i == len(walk.rt.levels) - 1
+    walk.cost += level.cost
+    walk.outputs.append(out)
+    walk.q.shared.setdefault("outputs", {})[level.name] = out  # later levels may stack on it
+    walk.deltas[key(LevelStat.SEEN)] = 1
+    walk.deltas[key(LevelStat.LATENCY_MS)] = out.latency_ms
     trace = LevelTrace(
         level.name,
         False,
@@ -106,53 +108,55 @@ def record_level(p: Walk, i: int, out: LevelOutput) -> None:
         valid=out.valid,
         ready=out.ready,
     )
-    p.traces.append(trace)
+    walk.traces.append(trace)
     if not out.valid:
-        p.deltas[pre + "invalid"] = 1
+        walk.deltas[key(LevelStat.INVALID)] = 1
     if last:
-        p.deltas["llm_calls"] = 1
+        walk.deltas[TaskStat.LLM_CALLS] = 1
         if out.valid:
-            p.answer, trace.answered = out, True
-            p.deltas[pre + "answered"] = 1
+            walk.answer, trace.answered = out, True
+            walk.deltas[key(LevelStat.ANSWERED)] = 1
         else:
-            p.large_failed = "the large LM answered outside the label set"
+            walk.large_failed = "the large LM answered outside the label set"
         return
-    policy = p.rt.policies[i]
+    policy = walk.rt.policies[i]
     assert policy is not None
     if getattr(level, "routes", False):
-        _route(p, level.name, out, policy)
+        _route(walk, level.name, out, policy)
         return
     if out.ready and out.valid:
-        d = policy.decide(features_of(out, p.outputs[:-1]))
-        p.decisions[level.name] = d
-        p.deltas[pre + "decided"] = 1  # shared: every gateway's exploration decays with it
+        d = policy.decide(features_of(out, walk.outputs[:-1]))
+        walk.decisions[level.name] = d
+        walk.deltas[key(LevelStat.DECIDED)] = (
+            1  # shared: every gateway's exploration decays with it
+        )
         if policy.explorer is not None:
             policy.explorer.decided()
-        if not d.defer and not p.exploring:
-            p.answer, trace.answered = out, True
-            p.deltas[pre + "answered"] = 1
+        if not d.defer and not walk.exploring:
+            walk.answer, trace.answered = out, True
+            walk.deltas[key(LevelStat.ANSWERED)] = 1
             return
         if not d.defer:  # it would have answered: this item explores it
             trace.explored = True
-            p.deltas[pre + "explored"] = 1
+            walk.deltas[key(LevelStat.EXPLORED)] = 1
     trace.deferred = True
-    p.deltas[pre + "deferred"] = 1
-    p.explored_at[level.name] = p.exploring
+    walk.deltas[key(LevelStat.DEFERRED)] = 1
+    walk.explored_at[level.name] = walk.exploring
 
 
-def _route(p: Walk, name: str, out: LevelOutput, policy: Policy) -> None:
+def _route(walk: Walk, name: str, out: LevelOutput, policy: Policy) -> None:
     """A pre-router never answers: its policy's "defer" sends the request past the next
     level (straight on); exploring means running the next level anyway, to keep learning."""
-    pre = f"lvl:{name}:"
-    p.deltas[pre + "deferred"] = 1
+    key = partial(level_key, name)
+    walk.deltas[key(LevelStat.DEFERRED)] = 1
     if not out.ready:
         return
     d = policy.decide(features_of(out, []))
-    p.decisions[name] = d
-    if d.defer and not p.exploring:
-        p.skip_next = True
-        p.deltas[pre + "routed"] = 1
-        p.traces[-1].deferred = True
+    walk.decisions[name] = d
+    if d.defer and not walk.exploring:
+        walk.skip_next = True
+        walk.deltas[key(LevelStat.ROUTED)] = 1
+        walk.traces[-1].deferred = True
 
 
 def count_agreement(
@@ -171,11 +175,11 @@ def count_agreement(
         if not (o.ready and o.valid and o.label is not None) or d is None:
             genuine = genuine and (d is None or d.defer)
             continue
-        pre = f"lvl:{o.name}:"
+        key = partial(level_key, o.name)
         agree = float(o.label == large_label)
-        deltas[pre + "agree_n"] = 1
-        deltas[pre + "agree"] = agree
+        deltas[key(LevelStat.AGREE_N)] = 1
+        deltas[key(LevelStat.AGREE)] = agree
         if genuine and explored_at.get(o.name) and not d.defer:
-            deltas[pre + "est_n"] = 1
-            deltas[pre + "est_agree"] = agree
+            deltas[key(LevelStat.EST_N)] = 1
+            deltas[key(LevelStat.EST_AGREE)] = agree
         genuine = genuine and d.defer

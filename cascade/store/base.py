@@ -127,9 +127,18 @@ class Store(ABC):
         buckets: dict[tuple[str, str, int], defaultdict[str, float]],
     ) -> None: ...
 
-    @abstractmethod
     async def read_counters(self, task: str, window_s: int | None = None) -> dict[str, float]:
         """Counters of a task over the last ``window_s`` seconds (None: since the beginning)."""
+        if window_s is None:
+            return await self._read_totals(task)
+        out: defaultdict[str, float] = defaultdict(float)
+        for _, row in await self.read_series(task, window_s):
+            for k, v in row.items():
+                out[k] += v
+        return dict(out)
+
+    @abstractmethod
+    async def _read_totals(self, task: str) -> dict[str, float]: ...
 
     async def read_series(self, task: str, window_s: int) -> list[tuple[int, dict[str, float]]]:
         """Per-bucket counters over a window, oldest first: (bucket start, counters)."""

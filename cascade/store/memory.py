@@ -151,14 +151,8 @@ class MemoryStore(Store):
         for key in [k for k in self._buckets if (k[2] + 1) * keep[k[1]][0] < now - keep[k[1]][1]]:
             del self._buckets[key]
 
-    async def read_counters(self, task: str, window_s: int | None = None) -> dict[str, float]:
-        if window_s is None:
-            return dict(self._totals.get(task, {}))
-        out: defaultdict[str, float] = defaultdict(float)
-        for _, row in await self.read_series(task, window_s):
-            for k, v in row.items():
-                out[k] += v
-        return dict(out)
+    async def _read_totals(self, task: str) -> dict[str, float]:
+        return dict(self._totals.get(task, {}))
 
     async def _read_buckets(self, task: str, name: str, idx: list[int]) -> list[dict[str, float]]:
         return [dict(self._buckets.get((task, name, b), {})) for b in idx]
