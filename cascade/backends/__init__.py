@@ -107,9 +107,6 @@ class BackendPool:
             )
         return self._made[name]
 
-    def loaded(self) -> dict[str, object]:
-        return dict(self._made)
-
     async def aclose(self) -> None:
         for b in self._made.values():
             close = getattr(b, "aclose", None)

@@ -141,12 +141,3 @@ class Level(ABC):
             ready=False,
             latency_ms=latency_ms,
         )
-
-
-def prefixed(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {f"{prefix}.{k}": v for k, v in arrays.items()}
-
-
-def unprefixed(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    p = prefix + "."
-    return {k[len(p) :]: v for k, v in arrays.items() if k.startswith(p)}

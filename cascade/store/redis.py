@@ -295,15 +295,9 @@ class RedisStore(Store):
                 pipe.expire(key, ttl[name])
             await pipe.execute()
 
-    async def read_counters(self, task: str, window_s: int | None = None) -> dict[str, float]:
-        if window_s is None:
-            raw = await self.slow.hgetall(self.k("stats", task))
-            return {k.decode(): float(v) for k, v in raw.items()}
-        out: defaultdict[str, float] = defaultdict(float)
-        for _, row in await self.read_series(task, window_s):
-            for k, v in row.items():
-                out[k] += v
-        return dict(out)
+    async def _read_totals(self, task: str) -> dict[str, float]:
+        raw = await self.slow.hgetall(self.k("stats", task))
+        return {k.decode(): float(v) for k, v in raw.items()}
 
     async def _read_buckets(self, task: str, name: str, idx: list[int]) -> list[dict[str, float]]:
         async with self.slow.pipeline(transaction=False) as pipe:
@@ -465,7 +459,6 @@ class RedisStore(Store):
             if number > keep:
                 pipe.delete(self.k("ver", task, number - keep))
             await pipe.execute()
-        await self.slow.publish(self.k("versions"), f"{task}:{number}")
         return number
 
     async def latest_version(self, task: str) -> int:
