@@ -153,9 +153,9 @@ class LocalLMLevel(_LMLevel):
     def stacked(self, out: LevelOutput, q: Query) -> LevelOutput:
         """Average zero-shot, probe and the stacked earlier levels' class distributions.
 
-        The probe alone is a worse answer than its average with the zero-shot one (5,000
-        Rotten Tomatoes items, probe fitted with hindsight: 80.5% vs 81.6% accurate at 10%
-        large-LM share): they err differently, so the probe never answers on its own."""
+        The probe alone is a worse answer than its average with the zero-shot one (measured on
+        Rotten Tomatoes with the probe fitted in hindsight): they err differently, so the probe
+        never answers on its own."""
         if not out.valid or out.probs is None or not (self.stack or self.probe_ready):
             return out
         zs = [out.extra.get(f"zs_{lab}") for lab in self.labels]
