@@ -108,6 +108,23 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from bench.chaos import ChaosArgs, chaos_bench
+    from bench.chaos_report import print_summary
+
+    cargs = ChaosArgs(
+        phase_s=args.phase_s,
+        clients=args.clients,
+        seed=args.seed,
+        out=Path(args.out),
+        records=Path(args.records) if args.records else None,
+        write_doc=not args.no_doc,
+    )
+    payload = chaos_bench(cargs)
+    print_summary(payload)
+    return 0
+
+
 def cmd_stream_report(args: argparse.Namespace) -> int:
     from bench.stream_report import write_combined_report
 
@@ -223,6 +240,14 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     lo.add_argument("--out")
     lo.add_argument("--no-doc", action="store_true")
     lo.set_defaults(fn=cmd_load)
+    ch = bsub.add_parser("chaos", help="a real gateway under Redis outages and large-LM faults")
+    ch.add_argument("--phase-s", type=float, default=15.0, help="seconds per phase (10 phases)")
+    ch.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    ch.add_argument("--seed", type=int, default=0)
+    ch.add_argument("--out", default="bench/results/chaos.json")
+    ch.add_argument("--records", help="also write every request as JSON lines to this file")
+    ch.add_argument("--no-doc", action="store_true")
+    ch.set_defaults(fn=cmd_chaos)
     a = bsub.add_parser("all", help="run every benchmark")
     a.add_argument("--no-doc", action="store_true")
     a.set_defaults(fn=cmd_all)

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report import machine, md_table, plot_path, relpath, stamp, write_section
+from bench.report import machine, md_table, new_figure, save_figure, stamp, write_section
 
 
 def plot(payload: dict[str, Any]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = payload["runs"]
     workers = sorted({r["workers"] for r in rows})
-    fig, axes = plt.subplots(1, len(workers), figsize=(4.2 * len(workers), 4), sharey=True)
+    fig, axes = new_figure(1, len(workers), figsize=(4.2 * len(workers), 4), sharey=True)
     axes = axes if len(workers) > 1 else [axes]
     for ax, w in zip(axes, workers, strict=True):
         for path, color in (("cache_hit", "tab:blue"), ("logistic", "tab:green")):
@@ -41,11 +36,7 @@ def plot(payload: dict[str, Any]) -> str:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("requests/s")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    path = plot_path("load.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return relpath(path)
+    return save_figure(fig, "load.png")
 
 
 def write_load_report(payload: dict[str, Any]) -> None:

@@ -66,6 +66,28 @@ def plot_path(name: str) -> Path:
     return PLOTS / name
 
 
+def new_figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """``plt.subplots`` on the file-only backend (benchmarks run without a display);
+    matplotlib is imported here, so only the benchmarks that plot need it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig: Any, name: str) -> str:
+    """Lay out, write docs/plots/``name`` and free the figure; its path from the docs."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = plot_path(name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return relpath(path)
+
+
 def relpath(p: Path) -> str:
     try:
         return str(p.relative_to(DOC.parent))
