@@ -8,6 +8,7 @@ recorded demonstrations exactly as online.
 from __future__ import annotations
 
 import importlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from policies.explore import Explorer
+from policies.operating import OperatingPoint
 
 
 @dataclass
@@ -65,30 +67,81 @@ class Features:
 @dataclass(frozen=True)
 class Decision:
     """``defer``: the policy's verdict. ``score``: its deferral score (higher = defer).
-    ``explore``: the item goes on to the large LM whatever the verdict (one coin per request,
-    flipped by the runner with the largest ``explore_probability`` of the task's policies), so
-    each level's answer is compared with the large LM's on a uniform sample of its traffic."""
+    Whether an item also explores is the runner's coin, not the policy's."""
 
     defer: bool
     score: float
-    explore: bool = False
 
 
 class PolicyError(ValueError):
     """A policy's configuration is invalid."""
 
 
+def check_number(name: str, value: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise PolicyError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise PolicyError(f"{name} must be a finite number, got {value!r}")
+    return v
+
+
+def check_unit(name: str, value: float) -> float:
+    v = check_number(name, value)
+    if not 0.0 <= v <= 1.0:
+        raise PolicyError(f"{name} must be between 0 and 1, got {v}")
+    return v
+
+
+def check_target(value: float) -> float:
+    """An agreement target is a share in (0, 1]: 0 would let a level answer anything."""
+    v = check_unit("target_agreement", value)
+    if v <= 0.0:
+        raise PolicyError(f"target_agreement must be in (0, 1], got {v}")
+    return v
+
+
 class Policy(ABC):
-    """A deferral rule for one level. Learned policies override ``update`` and the state pair."""
+    """A deferral rule for one level: ``decide`` on features, ``update`` from demonstrations.
+
+    The base owns what every rule shares: the explorer (how often an item goes on to the large
+    LM anyway) and, with ``target_agreement``, the operating point that holds the measured
+    agreement at the target. ``params``, ``set_params``, ``report`` and the state pair cover
+    both, so a rule adds its score, how the operating point re-scores its window
+    (``inputs``/``score_batch``) and its own parameters (``settable``/``check_param``).
+    """
 
     kind: ClassVar[str]
-    learned: ClassVar[bool] = False
-    explorer: Explorer | None = None
+    #: own run-time parameters besides ``target_agreement``: shown by ``params``, set by name
+    settable: ClassVar[tuple[str, ...]] = ()
+    #: keep the level's own deferrals as evidence at their score: only where the score never
+    #: moves as the policy learns (see operating.py)
+    keeps_deferred: ClassVar[bool] = False
+    #: with a target, count exploration's k in items decided on, not only demonstrations
+    counts_traffic: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        target_agreement: float | None = None,
+        beta: float | None = None,
+        explore_floor: float | None = None,
+        warmup: int = 0,
+    ) -> None:
+        target = None if target_agreement is None else check_target(target_agreement)
+        self.op = None if target is None else OperatingPoint(target)
+        has_target = self.op is not None and self.counts_traffic
+        self.explorer = Explorer.for_policy(has_target, beta, explore_floor, warmup)
+
+    @property
+    def learned(self) -> bool:
+        """Whether demonstrations change what a published version holds."""
+        return self.op is not None
 
     @property
     def explore_probability(self) -> float:
         """How often this policy wants an item sent on to the large LM to learn from it."""
-        return 0.0 if self.explorer is None else self.explorer.probability
+        return self.explorer.probability
 
     @abstractmethod
     def decide(self, features: Features) -> Decision: ...
@@ -97,33 +150,92 @@ class Policy(ABC):
         """Deferral score without exploration; higher means more reason to defer."""
         return self.decide(features).score
 
-    def update(  # noqa: B027
+    def inputs(self, features: Features) -> np.ndarray:
+        """What the operating point keeps per sample: re-scored by ``score_batch`` at every
+        refit, since a learned score moves."""
+        return np.array([self.score(features)], dtype=np.float32)
+
+    def score_batch(self, x: np.ndarray) -> np.ndarray:
+        return x[:, 0]
+
+    def update(
         self, features: Features, wrong: bool, explored: bool, deferred: bool = False
     ) -> None:
         """Learn from one demonstration: ``wrong`` when the level's answer disagreed with the
         large LM (deferring was right); ``explored`` when the item was an exploration sample;
-        ``deferred`` when this level (and every one before it) deferred it on its own; a policy
-        may keep such items as evidence of agreement at their score (ThresholdPolicy does)."""
+        ``deferred`` when this level (and every one before it) deferred it on its own, kept
+        as evidence of agreement at its score where ``keeps_deferred``."""
+        self.explorer.seen += 1
+        if self.op is None or not (explored or (deferred and self.keeps_deferred)):
+            return
+        self.op.observe(self.inputs(features), not wrong, deferred=not explored)
+        self.op.refit(self.score_batch)
 
     def remember(self, features: Features, wrong: bool) -> None:  # noqa: B027 (optional)
         """Rebuild training memory after a learner restart (no learning step, no counts)."""
 
-    def state(self) -> dict[str, np.ndarray]:
-        return {}
+    # ------------------------------------------------------------------ operator surface
 
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:  # noqa: B027 (optional)
-        """Adopt learned parameters published by the learner."""
+    @property
+    def operating_threshold(self) -> float:
+        """The operating point's threshold as the operator reads it (on the score)."""
+        return 0.0 if self.op is None else self.op.threshold
 
     def params(self) -> dict[str, float]:
         """The live, operator-visible parameters (thresholds, mu, targets)."""
-        return {}
+        out = {k: getattr(self, k) for k in self.settable if getattr(self, k) is not None}
+        out["explore_probability"] = self.explorer.probability
+        if self.explorer.warmup:
+            out["warmup"] = self.explorer.warmup
+        if self.op is not None:
+            out["target_agreement"] = self.op.target
+            out["operating_threshold"] = self.operating_threshold
+        return out
 
-    def report(self) -> dict[str, object]:
-        """What the policy knows about its own quality (e.g. the agreement estimate)."""
-        return {}
+    def check_param(self, name: str, value: float) -> float:
+        """A valid value for the own parameter ``name`` (PolicyError otherwise)."""
+        return check_number(name, value)
 
     def set_params(self, **params: float) -> None:
-        raise PolicyError(f"policy {self.kind!r} has no parameters to set")
+        """Change parameters at run time: all are checked before any is set."""
+        unknown = set(params) - {*self.settable, "target_agreement"}
+        if unknown:
+            raise PolicyError(f"{self.kind} policy has no parameter(s) {sorted(unknown)}")
+        own = {k: self.check_param(k, v) for k, v in params.items() if k != "target_agreement"}
+        target = params.get("target_agreement")
+        target = None if target is None else check_target(target)
+        for k, v in own.items():
+            setattr(self, k, v)
+        if target is None:
+            return
+        if self.op is None:
+            self.op = OperatingPoint(target)
+            if self.counts_traffic:
+                self.explorer.keep_target_floor()
+        else:
+            self.op.target = target
+        self.op.refit(self.score_batch)
+
+    def report(self) -> dict[str, object]:
+        """What the policy knows about its own quality (the agreement estimate)."""
+        return {"agreement_estimate": self.op.estimate()} if self.op else {}
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {"seen": np.array([self.explorer.seen], dtype=np.int64)}
+        if self.op is not None:
+            out.update(self.op.state())
+        return out
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Adopt what the learner published; a rule with learned parameters loads them first,
+        so that the operating point re-scores its window with them."""
+        if "seen" in arrays:
+            self.explorer.seen = int(arrays["seen"][0])
+        if self.op is not None:
+            self.op.load_state(arrays)
+            self.op.rescore(self.score_batch)
 
 
 _REGISTRY: dict[str, Callable[..., Policy]] = {}

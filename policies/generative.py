@@ -15,12 +15,11 @@ share of answered items that must be acceptable, held online from exploration sa
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from policies.base import Decision, Features, Policy, PolicyError, register
-from policies.explore import Explorer
 from policies.features import (
     ALPHAS,
     chow_average,
@@ -29,11 +28,13 @@ from policies.features import (
     entropy_mean,
     quantile_vector,
 )
-from policies.operating import OperatingPoint
+from policies.linear import LinearHead
 
 
 class _ScoreRule(Policy):
     """A rule with a deferral score, a fixed threshold or an online operating point."""
+
+    settable = ("threshold",)
 
     def __init__(
         self,
@@ -45,82 +46,18 @@ class _ScoreRule(Policy):
     ) -> None:
         if threshold is None and target_agreement is None:
             raise PolicyError(f"{self.kind}: give a threshold or a target_agreement")
-        self.threshold = None if threshold is None else float(threshold)
-        self.op = OperatingPoint(target_agreement) if target_agreement is not None else None
-        self.explorer = Explorer.for_policy(self.op is not None, beta, explore_floor, warmup)
-        self.learned = self.op is not None
-
-    def inputs(self, f: Features) -> np.ndarray:
-        """What the operating point keeps per sample (rescored at every refit)."""
-        return np.array([self.score(f)], dtype=np.float32)
-
-    def score_batch(self, x: np.ndarray) -> np.ndarray:
-        return x[:, 0]
+        self.threshold = None if threshold is None else self.check_param("threshold", threshold)
+        super().__init__(target_agreement, beta, explore_floor, warmup)
 
     def decide(self, features: Features) -> Decision:
         s = self.score(features)
         if self.op is not None:
+            # an empty window answers nothing; an infinite score (nothing to score) defers
             defer = s >= self.op.threshold if self.op.samples else True
         else:
             assert self.threshold is not None
             defer = s > self.threshold
-        return Decision(defer=defer, score=s, explore=False)
-
-    def update(
-        self, features: Features, wrong: bool, explored: bool, deferred: bool = False
-    ) -> None:
-        self.explorer.seen += 1
-        # explored items only: learned scores move (as in OCLPolicy.update), and an item with
-        # nothing to score defers whatever its window would say
-        if self.op is not None and explored:
-            self.op.observe(self.inputs(features), not wrong)
-            self.op.refit(self.score_batch)
-
-    def params(self) -> dict[str, float]:
-        out: dict[str, float] = {"explore_probability": self.explorer.probability}
-        if self.threshold is not None:
-            out["threshold"] = self.threshold
-        if self.op is not None:
-            out["target_agreement"] = self.op.target
-            out["operating_threshold"] = self.op.threshold
-        return out
-
-    def set_params(self, **params: float) -> None:
-        unknown = set(params) - {"threshold", "target_agreement"}
-        if unknown:
-            raise PolicyError(f"{self.kind} has no parameter(s) {sorted(unknown)}")
-        if "threshold" in params:
-            v = float(params["threshold"])
-            if not math.isfinite(v):
-                raise PolicyError(f"threshold must be a finite number, got {params['threshold']}")
-            self.threshold = v
-        if "target_agreement" in params:
-            t = float(params["target_agreement"])
-            if not 0.0 < t <= 1.0:
-                raise PolicyError(f"target_agreement must be in (0, 1], got {t}")
-            if self.op is None:
-                self.op = OperatingPoint(t)
-                self.explorer.keep_target_floor()
-                self.learned = True
-            else:
-                self.op.target = t
-            self.op.refit(self.score_batch)
-
-    def report(self) -> dict[str, object]:
-        return {"agreement_estimate": self.op.estimate()} if self.op else {}
-
-    def state(self) -> dict[str, np.ndarray]:
-        out = {"seen": np.array([self.explorer.seen], dtype=np.int64)}
-        if self.op is not None:
-            out.update(self.op.state())
-        return out
-
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        if "seen" in arrays:
-            self.explorer.seen = int(arrays["seen"][0])
-        if self.op is not None:
-            self.op.load_state(arrays)
-            self.op.rescore(self.score_batch)
+        return Decision(defer=defer, score=s)
 
 
 @register("chow_sum")
@@ -172,23 +109,17 @@ class PosthocQuantile(_ScoreRule):
         refit_every: int = 16,
         min_examples: int = 32,
         threshold: float | None = None,
-        target_agreement: float | None = None,
-        beta: float | None = None,
-        explore_floor: float | None = None,
-        warmup: int = 0,
+        **kw: Any,
     ) -> None:
-        if threshold is None and target_agreement is None:
+        if threshold is None and kw.get("target_agreement") is None:
             threshold = 0.5
-        super().__init__(threshold, target_agreement, beta, explore_floor, warmup)
-        self.c, self.refit_every, self.min_examples = c, refit_every, min_examples
+        super().__init__(threshold, **kw)
+        self.refit_every, self.min_examples = refit_every, min_examples
+        self.head = LinearHead(c=c, max_iter=500)  # P(acceptable), fitted afresh each time
         self.xs: list[np.ndarray] = []
         self.ys: list[int] = []
         self._since = 0
-        self.mean: np.ndarray | None = None
-        self.scale: np.ndarray | None = None
-        self.coef: np.ndarray | None = None
-        self.intercept = 0.0
-        self.base_rate = 0.5
+        self.base_rate = 0.5  # P(acceptable) until both verdicts have been seen
 
     def inputs(self, f: Features) -> np.ndarray:
         x = quantile_vector(f, ALPHAS)
@@ -199,10 +130,11 @@ class PosthocQuantile(_ScoreRule):
         return x
 
     def score_batch(self, x: np.ndarray) -> np.ndarray:
-        if self.coef is None or self.mean is None or self.scale is None:
+        if not self.head.fitted:
             return np.full(len(x), 1.0 - self.base_rate)
-        z = ((x - self.mean) / self.scale) @ self.coef + self.intercept
-        return 1.0 / (1.0 + np.exp(z))  # P(unacceptable) = 1 - sigmoid(z)
+        # P(unacceptable) = expit(-z) directly: in float32, 1 - P(acceptable) is 0 from
+        # z ~ 17 on, and the operating point orders the confident answers by it
+        return 1.0 / (1.0 + np.exp(self.head.decision_function(x)))
 
     def score(self, features: Features) -> float:
         if features.token_logprobs is None or not features.token_logprobs.size:
@@ -224,37 +156,17 @@ class PosthocQuantile(_ScoreRule):
         super().update(features, wrong, explored, deferred)
 
     def refit(self) -> None:
-        x, y = np.stack(self.xs), np.array(self.ys)
-        self.base_rate = float(y.mean())
-        self._since = 0
-        if len(np.unique(y)) < 2:
-            return
-        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-3
-        clf = LogisticRegression(C=self.c, max_iter=500).fit((x - mean) / scale, y)
-        self.mean, self.scale = mean, scale
-        self.coef, self.intercept = clf.coef_[0].astype(np.float32), float(clf.intercept_[0])
+        y = np.array(self.ys)
+        self.base_rate, self._since = float(y.mean()), 0
+        self.head.fit(np.stack(self.xs), y)
 
     def state(self) -> dict[str, np.ndarray]:
-        out = super().state()
-        # the base rate alone scores every item until both verdicts have been seen
-        out["base_rate"] = np.array([self.base_rate])
-        if self.coef is not None and self.mean is not None and self.scale is not None:
-            out.update(
-                coef=self.coef,
-                mean=self.mean,
-                scale=self.scale,
-                intercept=np.array([self.intercept]),
-            )
-        return out
+        return {**super().state(), "base_rate": np.array([self.base_rate]), **self.head.state()}
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         if "base_rate" in arrays:
             self.base_rate = float(arrays["base_rate"][0])
-        if "coef" in arrays:
-            self.coef = arrays["coef"].astype(np.float32)
-            self.mean = arrays["mean"].astype(np.float32)
-            self.scale = arrays["scale"].astype(np.float32)
-            self.intercept = float(arrays["intercept"][0])
+        self.head.load_state(arrays)
         super().load_state(arrays)  # last: the operating point rescores with these
 
 

@@ -14,16 +14,12 @@ Trained online from each demonstration with
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from policies.base import Decision, Features, Policy, PolicyError, register
-from policies.explore import Explorer
-from policies.operating import OperatingPoint
-from policies.threshold import check_target
+from policies.base import Decision, Features, Policy, PolicyError, check_number, register
 
 torch.set_num_threads(1)  # tiny MLPs: threads cost more than they save
 
@@ -40,7 +36,8 @@ class _MLP(torch.nn.Module):
 
 @register("ocl")
 class OCLPolicy(Policy):
-    learned = True
+    settable = ("mu", "c")
+    counts_traffic = False  # the paper's k: demonstrations learned from
 
     def __init__(
         self,
@@ -55,18 +52,26 @@ class OCLPolicy(Policy):
         target_agreement: float | None = None,
         seed: int = 0,
     ) -> None:
-        if mu < 0:
-            raise PolicyError(f"mu must be >= 0, got {mu}")
-        if not 0.0 <= c < 0.5:
-            raise PolicyError(f"c must be in [0, 0.5), got {c}")
-        self.mu, self.c, self.hidden, self.lr = float(mu), float(c), int(hidden), float(lr)
-        self.warmup = int(warmup)
+        self.mu, self.c = self.check_param("mu", mu), self.check_param("c", c)
+        self.hidden, self.lr = int(hidden), float(lr)
+        self.warmup = int(warmup)  # defer the first items outright (not the explorer's warm-up)
         self.extras = list(extras or [])
-        self.op = OperatingPoint(target_agreement) if target_agreement is not None else None
-        self.explorer = Explorer(beta=beta, floor=explore_floor)
+        super().__init__(target_agreement, beta, explore_floor)
         self._seed = seed
         self.net: _MLP | None = None
         self.opt: torch.optim.Optimizer | None = None
+
+    @property
+    def learned(self) -> bool:
+        return True  # the MLP learns from every demonstration
+
+    def check_param(self, name: str, value: float) -> float:
+        v = check_number(name, value)
+        if name == "mu" and v < 0:
+            raise PolicyError(f"mu must be a finite number >= 0, got {value!r}")
+        if name == "c" and not 0.0 <= v < 0.5:
+            raise PolicyError(f"c must be in [0, 0.5), got {value!r}")
+        return v
 
     # ------------------------------------------------------------------ features
 
@@ -109,77 +114,36 @@ class OCLPolicy(Policy):
             defer = d >= self.op.threshold
         else:
             defer = d > 0.5
-        return Decision(defer=defer, score=d, explore=False)
+        return Decision(defer=defer, score=d)
 
-    def update(
-        self, features: Features, wrong: bool, explored: bool, deferred: bool = False
-    ) -> None:
-        """Book-keeping per demonstration; the gradient step is ``ocl_update`` (joint)."""
-        self.explorer.seen += 1
-        # explored items only: the window is re-scored by an MLP that keeps learning, and a
-        # deferral was chosen on the score at the time, so P(agree | today's score) among
-        # deferrals would not be that of the traffic (ThresholdPolicy's score never moves)
-        if self.op is not None and explored:
-            self.op.observe(self.vector(features), not wrong)
-            self.op.refit(self.d_batch)
+    # explored items only reach the operating point (``Policy.update``; the gradient step is
+    # ``ocl_update``, joint): the window is re-scored by an MLP that keeps learning, and a
+    # deferral was chosen on the score at the time, so P(agree | today's score) among
+    # deferrals would not be that of the traffic (ThresholdPolicy's score never moves)
 
-    # ------------------------------------------------------------------ operator surface
+    def inputs(self, features: Features) -> np.ndarray:
+        return self.vector(features)
 
-    def params(self) -> dict[str, float]:
-        out = {"mu": self.mu, "c": self.c, "explore_probability": self.explorer.probability}
-        if self.op is not None:
-            out["target_agreement"] = self.op.target
-            out["operating_threshold"] = self.op.threshold
-        return out
-
-    def set_params(self, **params: float) -> None:
-        unknown = set(params) - {"mu", "c", "target_agreement"}
-        if unknown:
-            raise PolicyError(f"ocl policy has no parameter(s) {sorted(unknown)}")
-        if "mu" in params:
-            mu = float(params["mu"])
-            if not math.isfinite(mu) or mu < 0:
-                raise PolicyError(f"mu must be a finite number >= 0, got {params['mu']!r}")
-            self.mu = mu
-        if "c" in params:
-            c = float(params["c"])
-            if not 0.0 <= c < 0.5:
-                raise PolicyError(f"c must be in [0, 0.5), got {params['c']!r}")
-            self.c = c
-        if "target_agreement" in params:
-            t = check_target(params["target_agreement"])
-            if self.op is None:
-                self.op = OperatingPoint(t)
-            else:
-                self.op.target = t
-                self.op.refit(self.d_batch)
-
-    def report(self) -> dict[str, object]:
-        return {"agreement_estimate": self.op.estimate()} if self.op else {}
+    def score_batch(self, x: np.ndarray) -> np.ndarray:
+        return self.d_batch(x)
 
     # ------------------------------------------------------------------ state
 
     def state(self) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {"seen": np.array([self.explorer.seen], dtype=np.int64)}
+        out = super().state()
         if self.net is not None:
             for k, v in self.net.state_dict().items():
                 out[f"net.{k}"] = v.detach().numpy().copy()
-        if self.op is not None:
-            out.update(self.op.state())
         return out
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        if "seen" in arrays:
-            self.explorer.seen = int(arrays["seen"][0])
         weights = {
             k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("net.")
         }
         if weights:
             net = self._ensure(int(weights["fc1.weight"].shape[1]))
             net.load_state_dict(weights)
-        if self.op is not None:
-            self.op.load_state(arrays)
-            self.op.rescore(self.d_batch)
+        super().load_state(arrays)  # last: the operating point rescores with these weights
 
 
 @dataclass

@@ -57,9 +57,7 @@ class OperatingPoint:
         min_samples: int = 30,
         initial: float = 0.0,
     ) -> None:
-        if not 0.0 < target <= 1.0:
-            raise ValueError(f"target_agreement must be in (0, 1], got {target}")
-        self.target = target
+        self.target = target  # in (0, 1]: the policy checked it (policies.base.check_target)
         self.z = z
         self.min_samples = min_samples
         self.samples: deque[tuple[np.ndarray, float]] = deque(maxlen=window)  # explored

@@ -12,10 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression, SGDClassifier
 
 from cascade.stats import wilson
-from policies import Features, PolicyError, ThresholdPolicy, known_policies, make_policy
+from policies import (
+    Features,
+    Policy,
+    PolicyError,
+    ThresholdPolicy,
+    known_policies,
+    make_policy,
+)
 from policies.explore import TARGET_FLOOR
+from policies.linear import LinearHead
 from policies.ocl import OCLPolicy, OCLStep, ocl_update
 from policies.operating import OperatingPoint, wilson_lower
 
@@ -38,7 +47,6 @@ def test_static_threshold_decisions() -> None:
         d = p.decide(conf(c))
         assert d.defer is defer, c
         assert d.score == pytest.approx(1.0 - c)
-        assert d.explore is False
     assert p.explore_probability == 0.0  # a static rule never explores
     assert p.params()["threshold"] == 0.8
     assert p.report() == {}
@@ -238,6 +246,25 @@ def test_unknown_parameter_at_run_time() -> None:
         OCLPolicy().set_params(bogus=1.0)
 
 
+@pytest.mark.parametrize(
+    ("make", "good"),
+    [
+        (lambda: ThresholdPolicy(0.8), {"threshold": 0.7}),
+        (lambda: OCLPolicy(), {"mu": 0.5}),
+        (lambda: make_policy("chow_sum", threshold=1.0), {"threshold": 2.0}),
+    ],
+)
+@pytest.mark.parametrize("bad", [{"target_agreement": 0}, {"target_agreement": "x"}])
+def test_a_change_with_one_bad_value_changes_nothing(
+    make: Callable[[], Policy], good: dict, bad: dict
+) -> None:
+    p = make()
+    before = p.params()
+    with pytest.raises(PolicyError, match="target_agreement"):
+        p.set_params(**good, **bad)
+    assert p.params() == before
+
+
 # ------------------------------------------------------------------ OCL
 
 
@@ -397,3 +424,59 @@ def test_unknown_kind_names_the_known_kinds() -> None:
     with pytest.raises(PolicyError, match="unknown policy kind 'nope'"):
         make_policy("nope")
     assert {"threshold", "ocl", "chow_sum", "posthoc_quantile"} <= set(known_policies())
+
+
+# ------------------------------------------------------------------ the linear head
+
+
+def _data(n: int, dim: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    return x, np.argmax(x @ rng.normal(size=(dim, k)) + rng.normal(size=(n, k)), axis=1)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_linear_head_fit_gives_scikit_learns_probabilities(k: int) -> None:
+    """``fit``: L-BFGS on standardised inputs, as ``LogisticRegression`` on the same."""
+    x, y = _data(300, 6, k)
+    head = LinearHead(range(k), "multinomial", c=0.5)
+    assert head.fit(x, y)
+    xs = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-3)
+    want = LogisticRegression(C=0.5, max_iter=300).fit(xs, y).predict_proba(xs)
+    np.testing.assert_allclose(head.predict_proba(x), want, atol=1e-4)
+    np.testing.assert_allclose(head.predict_proba(x[0]), want[0], atol=1e-4)  # one vector
+    event = LinearHead(c=0.5)  # a binary event: one coefficient vector
+    assert event.fit(x, (y == 0).astype(int)) and event.state()["coef"].shape == (6,)
+    assert not LinearHead().fit(x, np.zeros(len(x), int))  # one class: nothing to fit
+
+
+def test_linear_head_partial_fit_keeps_the_label_order() -> None:
+    """``partial_fit``: SGD one-vs-rest over labels in the task's order, not sklearn's."""
+    x, y = _data(200, 5, 3, seed=1)
+    labels = ["c", "a", "b"]
+    names = np.array(labels)[y]
+    head = LinearHead(labels, alpha=1e-3).partial_fit(x, names)
+    sgd = SGDClassifier(loss="log_loss", alpha=1e-3, random_state=0)
+    want = sgd.partial_fit(x, names, classes=np.array(labels)).predict_proba(x)
+    order = [list(sgd.classes_).index(lab) for lab in labels]
+    np.testing.assert_allclose(head.predict_proba(x), want[:, order], rtol=1e-5)
+    assert head.t_ == pytest.approx(sgd.t_)
+    binary = LinearHead(["pos", "neg"], alpha=1e-3).partial_fit(x, np.array(["pos", "neg"])[y % 2])
+    assert binary.state()["coef"].shape == (1, 5)  # one row, scoring "neg"
+    assert binary.predict_proba(x[:1]).shape == (1, 2)
+
+
+def test_linear_head_state_round_trip_and_resume() -> None:
+    x, y = _data(64, 4, 2, seed=2)
+    a = LinearHead().partial_fit(x[:32], y[:32])
+    state = a.state()
+    assert state["coef"].dtype == np.float32 and state["intercept"].dtype == np.float64
+    b = LinearHead()
+    b.load_state(state)
+    np.testing.assert_array_equal(b.predict_proba(x), a.predict_proba(x))
+    b.load_state({})  # a version without coefficients leaves the head as it was
+    np.testing.assert_array_equal(b.predict_proba(x), a.predict_proba(x))
+    b.resume_t = a.t_
+    a.partial_fit(x[32:], y[32:])
+    b.partial_fit(x[32:], y[32:])  # SGD goes on from the loaded coefficients and step count
+    np.testing.assert_allclose(b.predict_proba(x), a.predict_proba(x), atol=1e-5)

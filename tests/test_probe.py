@@ -12,7 +12,7 @@ from cascade.demos import level_record
 from cascade.levels.base import Demo, LevelOutput
 from cascade.levels.lm import LocalLMLevel
 from cascade.runtime import features_of
-from tests.test_levels import classify_task, query
+from tests.test_levels import LARGE, SENTIMENT_PROMPT, classify_task, query
 
 LABELS = ["positive", "negative"]
 # what the large LM said; SmolLM2 answers each with a label word, near chance
@@ -30,9 +30,17 @@ TAUGHT = [
 ASKED = "a tedious, badly written mess"
 
 
+ENCODER = LevelConfig(name="encoder", kind="encoder", backend="minilm", cost=0.01)
+
+
 def small_level(backend: object, **params: object) -> tuple[LocalLMLevel, TaskConfig]:
+    """The small LM level; with ``stack``, after the levels it stacks (as a config must)."""
     cfg = LevelConfig(name="small", kind="local_lm", backend="small", cost=0.1, params=params)
-    task = classify_task(LABELS, cfg)
+    if params.get("stack"):
+        levels = [ENCODER, cfg, LARGE]
+        task = TaskConfig(kind="classify", labels=LABELS, prompt=SENTIMENT_PROMPT, levels=levels)
+    else:
+        task = classify_task(LABELS, cfg)
     return LocalLMLevel(cfg, task, backend), task  # type: ignore[arg-type]
 
 

@@ -10,51 +10,36 @@ which is what the deferral policies need: an honest confidence.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
+
+from policies.linear import LinearHead
+
+MEMORY = 20_000  # demonstrations remembered for the refit
 
 
-class LogisticHead:
+class LogisticHead(LinearHead):
+    """A softmax ``LinearHead`` over the task's labels (indices), warm-started at each refit;
+    ``partial_fit`` remembers and refits once ``refit_every`` new examples arrived."""
+
     def __init__(
-        self,
-        n_classes: int,
-        c: float = 0.01,
-        refit_every: int = 16,
-        min_examples: int = 32,
-        memory: int = 20_000,
-        max_iter: int = 300,
+        self, n_classes: int, c: float = 0.01, refit_every: int = 16, min_examples: int = 32
     ) -> None:
-        self.k = n_classes
-        self.c, self.refit_every, self.min_examples = c, refit_every, min_examples
-        self.memory, self.max_iter = memory, max_iter
+        super().__init__(range(n_classes), "multinomial", c=c, warm_start=True)
+        self.refit_every, self.min_examples = refit_every, min_examples
         self.x_mem: np.ndarray | None = None
         self.y_mem = np.zeros(0, dtype=np.int64)
         self.seen = 0
         self._since_fit = 0
-        self.mean: np.ndarray | None = None
-        self.scale: np.ndarray | None = None
-        self.coef: np.ndarray | None = None  # (k, dim) in label order
-        self.intercept: np.ndarray | None = None
-        self._clf: LogisticRegression | None = None
 
     @property
     def trained(self) -> bool:
-        return self.coef is not None
+        return self.fitted
 
-    def proba(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (k,) for one vector or (n, k) for a matrix."""
-        assert self.coef is not None and self.intercept is not None
-        assert self.mean is not None and self.scale is not None
-        one = x.ndim == 1
-        z = ((np.atleast_2d(x) - self.mean) / self.scale) @ self.coef.T + self.intercept
-        z = z - z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        return p[0] if one else p
+    proba = LinearHead.predict_proba  # the levels' name for it
 
     def remember(self, x: np.ndarray, y: np.ndarray) -> None:
         x = np.atleast_2d(x).astype(np.float32)
-        self.x_mem = x if self.x_mem is None else np.concatenate([self.x_mem, x])[-self.memory :]
-        self.y_mem = np.concatenate([self.y_mem, np.asarray(y, dtype=np.int64)])[-self.memory :]
+        self.x_mem = x if self.x_mem is None else np.concatenate([self.x_mem, x])[-MEMORY:]
+        self.y_mem = np.concatenate([self.y_mem, np.asarray(y, dtype=np.int64)])[-MEMORY:]
         self.seen += len(x)
         self._since_fit += len(x)
 
@@ -65,55 +50,26 @@ class LogisticHead:
             return False
         return self.refit()
 
+    def partial_fit(
+        self, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None
+    ) -> LogisticHead:
+        if sample_weight is not None:
+            raise ValueError("the refitted head weighs every example alike")
+        self.add(x, y)
+        return self
+
     def refit(self) -> bool:
-        if self.x_mem is None or len(np.unique(self.y_mem)) < 2:
+        if self.x_mem is None or not self.fit(self.x_mem, self.y_mem):
             return False
-        x, y = self.x_mem, self.y_mem
-        mean = x.mean(axis=0)
-        scale = x.std(axis=0) + 1e-3
-        xs = (x - mean) / scale
-        if self._clf is None:
-            self._clf = LogisticRegression(C=self.c, max_iter=self.max_iter, warm_start=True)
-        clf = self._clf
-        if getattr(clf, "classes_", None) is not None and len(clf.classes_) != len(np.unique(y)):
-            clf = self._clf = LogisticRegression(C=self.c, max_iter=self.max_iter, warm_start=True)
-        clf.fit(xs, y)
-        present = list(clf.classes_)
-        coef = np.zeros((self.k, x.shape[1]), dtype=np.float32)
-        intercept = np.full(self.k, -30.0, dtype=np.float32)  # never-seen classes: ~0
-        if len(present) == 2 and clf.coef_.shape[0] == 1:
-            # binary: sigmoid(w.x + b) == softmax over (0, w.x + b)
-            coef[present[1]] = clf.coef_[0]
-            intercept[present[1]] = clf.intercept_[0]
-            intercept[present[0]] = 0.0
-        else:
-            for row, cls in enumerate(present):
-                coef[cls] = clf.coef_[row]
-                intercept[cls] = clf.intercept_[row]
-        self.mean, self.scale = mean.astype(np.float32), scale.astype(np.float32)
-        self.coef, self.intercept = coef, intercept
         self._since_fit = 0
         return True
 
-    # ------------------------------------------------------------------ state
-
     def state(self) -> dict[str, np.ndarray]:
-        if self.coef is None or self.intercept is None:
-            return {}
-        assert self.mean is not None and self.scale is not None
-        return {
-            "coef": self.coef,
-            "intercept": self.intercept,
-            "mean": self.mean,
-            "scale": self.scale,
-            "seen": np.array([self.seen], dtype=np.int64),
-        }
+        out = super().state()
+        return {**out, "seen": np.array([self.seen], dtype=np.int64)} if out else {}
 
-    def load_state(self, a: dict[str, np.ndarray]) -> None:
-        if "coef" not in a:
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        if "coef" not in arrays:
             return
-        self.coef = a["coef"].astype(np.float32)
-        self.intercept = a["intercept"].astype(np.float32)
-        self.mean = a["mean"].astype(np.float32)
-        self.scale = a["scale"].astype(np.float32)
-        self.seen = max(self.seen, int(a.get("seen", np.array([0]))[0]))
+        super().load_state(arrays)
+        self.seen = max(self.seen, int(arrays.get("seen", np.array([0]))[0]))

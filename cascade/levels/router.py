@@ -22,12 +22,12 @@ import anyio
 import numpy as np
 from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.linear_model import SGDClassifier
 
 from cascade.backends.encoder import EncoderBackend
 from cascade.config import LevelConfig, TaskConfig
 from cascade.level_settings import RouterSettings
 from cascade.levels.base import Demo, Level, LevelOutput, Query
+from policies.linear import LinearHead
 
 
 class RouterLevel(Level):
@@ -50,9 +50,7 @@ class RouterLevel(Level):
             alternate_sign=False,
             norm="l2",
         )
-        self.clf: SGDClassifier | None = None
-        self.coef: np.ndarray | None = None
-        self.intercept = 0.0
+        self.head = LinearHead(alpha=self.alpha)  # P(accept): a binary event
         self._buffer: list[tuple[str, np.ndarray | None, int, float]] = []
 
     def _x(self, texts: list[str], embs: list[np.ndarray | None]) -> sparse.csr_matrix:
@@ -65,10 +63,7 @@ class RouterLevel(Level):
         return sparse.hstack([x, sparse.csr_matrix(dense)]).tocsr()
 
     def p_accept(self, x: sparse.csr_matrix) -> float | None:
-        if self.coef is None:
-            return None
-        z = float((x @ self.coef)[0]) + self.intercept
-        return float(1.0 / (1.0 + np.exp(-z)))
+        return float(self.head.predict_proba(x)[0, 1]) if self.head.fitted else None
 
     async def predict(self, q: Query) -> LevelOutput:
         t0 = time.perf_counter()
@@ -106,31 +101,17 @@ class RouterLevel(Level):
             x = self._x([b[0] for b in batch], [b[1] for b in batch])
             y = np.array([b[2] for b in batch])
             w = np.array([b[3] for b in batch])
-            if self.clf is None:
-                self.clf = SGDClassifier(loss="log_loss", alpha=self.alpha, random_state=0)
-                if self.coef is not None:  # resume from published coefficients
-                    self.clf.partial_fit(x[:1], y[:1], classes=np.array([0, 1]))
-                    self.clf.coef_ = self.coef[None].astype(np.float64)
-                    self.clf.intercept_ = np.array([self.intercept])
-            self.clf.partial_fit(x, y, classes=np.array([0, 1]), sample_weight=w)
-            self.coef = self.clf.coef_[0].astype(np.float32)
-            self.intercept = float(self.clf.intercept_[0])
+            self.head.partial_fit(x, y, sample_weight=w)  # resumes from published coefficients
             self.updates += 1
             changed = True
         return changed
 
     def state(self) -> dict[str, np.ndarray]:
-        if self.coef is None:
+        if not self.head.fitted:
             return {}
-        return {
-            "coef": self.coef,
-            "intercept": np.array([self.intercept]),
-            "updates": np.array([self.updates], dtype=np.int64),
-        }
+        return {**self.head.state(), "updates": np.array([self.updates], dtype=np.int64)}
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         if "coef" in arrays:
-            self.coef = arrays["coef"].astype(np.float32)
-            self.intercept = float(arrays["intercept"][0])
+            self.head.load_state(arrays)  # a learner resuming here restarts SGD from these
             self.updates = int(arrays.get("updates", np.array([0]))[0])
-            self.clf = None  # a learner resuming here restarts SGD from these coefficients
