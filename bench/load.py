@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from bench.flags import arg
 from cascade.llm_server import free_port
 
 FLOOR_APP = """
@@ -73,12 +74,14 @@ end
 
 @dataclass
 class LoadArgs:
-    workers: tuple[int, ...] = (1, 2, 4)
-    connections: tuple[int, ...] = (1, 8, 64)
-    duration_s: int = 5
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    out: Path | None = None
-    write_doc: bool = True
+    """``bench load``'s arguments; each is also its flag (bench/flags.py)."""
+
+    workers: tuple[int, ...] = arg((1, 2, 4), "e.g. 1,2,4")
+    connections: tuple[int, ...] = arg((1, 8, 64), "e.g. 1,8,64")
+    duration_s: int = arg(5, "seconds per point", flag="duration")
+    redis_url: str = arg("redis://127.0.0.1:6379/0")
+    out: Path | None = arg(None, "write the JSON results here")
+    write_doc: bool = arg(True, "do not rewrite docs/BENCHMARKS.md", flag="no-doc")
 
 
 def _wait_up(url: str, timeout_s: float = 60.0) -> None:

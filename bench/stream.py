@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.flags import arg
 from bench.harness import BenchContext, ItemResult, run_stream
 from bench.streams import Stream, without_fuse
 from cascade.config import LevelConfig, TaskConfig, ThresholdPolicyConfig
@@ -200,29 +201,53 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 @dataclass
 class StreamBenchArgs:
-    stream: str | None = "rotten-tomatoes"
-    file: Path | None = None
-    text_field: str = "text"
-    label_field: str | None = "label"
-    labels: list[str] | None = None
-    prompt: str | None = None
-    system_prompt: str | None = None
-    task: str = "sentiment"
-    config: Path | None = None
-    limit: int | None = 5000
-    seed: int = 42
-    order_seed: int | None = None  # the same items in another order (see reorder)
-    mu: tuple[float, ...] = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3)
-    target_agreement: tuple[float, ...] = (0.9, 0.93, 0.95, 0.97, 0.99)
-    thresholds: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-    cascade_thresholds: tuple[float, ...] = ()
-    distill_n: int | None = None  # default: the first 10% of the stream
-    out: Path | None = None
-    timing: bool = True
-    write_doc: bool = True
-    url: str | None = None  # drive a running gateway over HTTP instead
-    large_level: str = "large"
-    fuse: bool = True  # False: the large LM's own answers even where the task fuses
+    """``bench stream``'s arguments; each is also its flag (bench/flags.py)."""
+
+    stream: str | None = arg(
+        "rotten-tomatoes", "built-in stream", choices=("rotten-tomatoes", "trec"), exclusive="src"
+    )
+    file: Path | None = arg(None, "your own CSV or JSONL stream", exclusive="src")
+    text_field: str = arg("text")
+    label_field: str | None = arg("label")
+    labels: list[str] | None = arg(None, "comma-separated label set (default: those in the file)")
+    prompt: str | None = arg(None, "user prompt template with {input} (with --file)")
+    system_prompt: str | None = arg(None, "system prompt (with --file)")
+    task: str = arg("sentiment", "configured task whose levels and costs the stream runs with")
+    config: Path | None = arg(None, "configuration file (default: deploy/config.yaml)")
+    limit: int | None = arg(5000)
+    seed: int = arg(42)
+    order_seed: int | None = arg(
+        None,
+        "replay the same items (--seed, --limit) in another seeded order: measures how much a "
+        "sweep point moves with the order alone, with the recorded large-LM answers",
+    )
+    mu: tuple[float, ...] = arg(
+        (0.0, 0.003, 0.01, 0.03, 0.1, 0.3), "mu values to sweep, e.g. 0,0.01,0.1"
+    )
+    target_agreement: tuple[float, ...] = arg(
+        (0.9, 0.93, 0.95, 0.97, 0.99), "targets to sweep, e.g. 0.9,0.95"
+    )
+    thresholds: tuple[float, ...] = arg(
+        (0.6, 0.7, 0.8, 0.9, 0.95, 0.99), "thresholds for the baselines"
+    )
+    cascade_thresholds: tuple[float, ...] = arg(
+        (), "also run the learning cascade with these static thresholds"
+    )
+    distill_n: int | None = arg(None, "labels for distillation (default: 10%%)")
+    out: Path | None = arg(None, "write the JSON results here")
+    timing: bool = arg(True, "skip the live per-level timing")
+    write_doc: bool = arg(True, "do not rewrite docs/BENCHMARKS.md", flag="no-doc")
+    url: str | None = arg(
+        None,
+        "drive a running gateway over HTTP (e.g. http://127.0.0.1:8000) instead of "
+        "in-process; API key from CASCADE_API_KEY",
+    )
+    large_level: str = arg("large", "with --url: the last level's name")
+    fuse: bool = arg(
+        True,
+        "serve the large LM's own answers even where the task fuses (params.fuse): "
+        "measure a stream with and without",
+    )
 
 
 def load_stream(args: StreamBenchArgs, models_dir: Path) -> Stream:

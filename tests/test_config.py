@@ -209,7 +209,54 @@ CASES = {
         "tasks.sentiment",
         ["icl_k", "not zero-shot"],
     ),
+    "misspelt level setting (prob)": (
+        "backend: small, cost: 0.1}",
+        "backend: small, cost: 0.1, params: {prob: true}}",
+        "tasks.sentiment.levels.1",
+        ["level 'small' (local_lm)", "unknown setting 'prob'", "probe, probe_c"],
+    ),
+    "misspelt level setting (stak)": (
+        "backend: small, cost: 0.1}",
+        "backend: small, cost: 0.1, params: {stak: [logistic]}}",
+        "tasks.sentiment.levels.1",
+        ["unknown setting 'stak'", "stack"],
+    ),
+    "misspelt level setting (icl_kk)": (
+        "backend: small, cost: 0.1}",
+        "backend: small, cost: 0.1, params: {icl_kk: 2}}",
+        "tasks.sentiment.levels.1",
+        ["unknown setting 'icl_kk'", "icl_k"],
+    ),
+    "mistyped level setting": (
+        "backend: small, cost: 0.1}",
+        "backend: small, cost: 0.1, params: {probe_c: lots}}",
+        "tasks.sentiment.levels.1",
+        ["level 'small'", "probe_c", "number"],
+    ),
+    "logistic setting of another kind": (
+        "cost: 0.001}",
+        "cost: 0.001, params: {probe: true}}",
+        "tasks.sentiment.levels.0",
+        ["level 'logistic' (logistic)", "unknown setting 'probe'", "n_features"],
+    ),
+    "stack naming a later level": (
+        "backend: small, cost: 0.1}",
+        "backend: small, cost: 0.1, params: {stack: [large]}}",
+        "tasks.sentiment",
+        ["params.stack names ['large']", "earlier levels: ['logistic']"],
+    ),
 }
+
+
+def test_level_settings_have_their_defaults_in_one_place(tmp_path: Path) -> None:
+    from cascade.level_settings import LocalLMSettings, LogisticSettings
+
+    cfg = load_config(write(tmp_path, BASE))
+    levels = cfg.tasks["sentiment"].levels
+    assert levels[0].settings(LogisticSettings).n_features == 2**18
+    assert levels[1].settings(LocalLMSettings).probe is False
+    with pytest.raises(TypeError, match="is a logistic"):
+        levels[0].settings(LocalLMSettings)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -368,3 +415,35 @@ def test_fuse_is_read_as_a_list_of_earlier_level_names(tmp_path: Path) -> None:
         load_config(write(tmp_path, BASE, "plain.yaml"), env={}).tasks["sentiment"].fuse_names()
         == []
     )
+
+
+MISSPELT = BASE.replace(
+    "backend: small, cost: 0.1}", "backend: small, cost: 0.1, params: {stak: [x]}}"
+)
+
+
+@pytest.mark.parametrize(
+    "command", [["config", "check"], ["serve", "--no-llm-server", "--port", "9", "--config"]]
+)
+def test_misspelt_level_setting_stops_the_cli(tmp_path: Path, command: list[str]) -> None:
+    """`config check` (for deployers' CI) and start-up both refuse it, naming every part."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path, MISSPELT)
+    exe = Path(sys.executable).with_name("cascade-gateway")
+    r = subprocess.run([str(exe), *command, str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    for part in (str(path), "tasks.sentiment.levels.1", "level 'small'", "unknown setting 'stak'"):
+        assert part in r.stderr, r.stderr
+
+
+def test_config_check_passes_the_default_file() -> None:
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("cascade-gateway")
+    r = subprocess.run([str(exe), "config", "check"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "sentiment: classify, logistic (logistic) -> encoder (encoder)" in r.stdout
+    assert r.stdout.strip().endswith("(2 tasks)")

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from app.auth import admin
 from app.deps import gateway
-from app.main import Gateway
+from app.gateway import Gateway
 from app.schemas import Text
 from cascade.runtime import policy_view
 from cascade.stats import series_point, task_stats

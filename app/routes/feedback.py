@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, HTTPException
 
 from app.auth import Caller, caller
 from app.deps import gateway
-from app.main import Gateway
+from app.gateway import Gateway
 from app.schemas import ErrorBody, FeedbackRequest, FeedbackResponse
 from cascade.feedback import FeedbackError, submit_feedback
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from app.deps import gateway
-from app.main import Gateway
+from app.gateway import Gateway
 from cascade.levels.lm import OpenAILevel
 
 router = APIRouter(tags=["health"])
