@@ -26,7 +26,7 @@ from cascade.backends import BackendPool
 from cascade.config import Config, TaskConfig
 from cascade.learner import Learner
 from cascade.replay import ReplayFile
-from cascade.runner import Cascade, CascadeError
+from cascade.runner import Ask, Cascade, CascadeError
 from cascade.store.memory import MemoryStore
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -166,7 +166,7 @@ async def run_stream(
     learn_s = 0.0
     for i, item in enumerate(stream.items):
         try:
-            out = await cascade.run("bench", item.text, use_cache=False)
+            out = await cascade.run("bench", item.text, Ask(use_cache=False))
         except CascadeError as e:
             results.append(ItemResult(None, "error", True, 0.0, [], error=str(e)))
             called += 1  # counted as sent to the large LM, as every error is

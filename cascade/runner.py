@@ -38,6 +38,7 @@ from cascade.versions import load_state
 from cascade.walk import Walk, level_failed, record_level, try_level, walk_cheap_levels
 
 __all__ = [
+    "Ask",
     "Cascade",
     "CascadeError",
     "CascadeUnavailableError",
@@ -50,6 +51,21 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Observer = Callable[[Outcome], None]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """How a request wants its answer, beside the task and the text."""
+
+    max_tokens: int | None = None  # None: the task's own
+    temperature: float = 0.0
+    use_cache: bool = True  # False: neither read nor write the outcome cache
+    tenant: str | None = None  # the caller's key id: its own cache scope and records
+    messages: list[Message] | None = None  # a chat to send instead of the task's prompt
+    logprobs: bool = False  # the client wants token log-probabilities
+
+
+DEFAULT_ASK = Ask()
 
 
 @dataclass
@@ -173,34 +189,26 @@ class Cascade:
 
         return key(None), key(rt.version)
 
-    def _start(
-        self,
-        task: str,
-        text: str,
-        max_tokens: int | None,
-        temperature: float,
-        tenant: str | None,
-        messages: list[Message] | None,
-        logprobs: bool = False,
-    ) -> tuple[TaskRuntime, Query, tuple[str, str]]:
+    def _start(self, task: str, text: str, ask: Ask) -> tuple[TaskRuntime, Query, tuple[str, str]]:
         rt = self.task(task)
         limit = self.config.defaults.max_input_bytes
         size = len(text.encode("utf-8"))
         if size > limit:
             raise InputTooLargeError(f"input is {size} bytes; the limit is {limit} bytes")
-        max_tokens = max_tokens or rt.config.max_tokens
+        max_tokens = ask.max_tokens or rt.config.max_tokens
         deadline = time.monotonic() + self.config.defaults.request_timeout_s
         q = Query(
             rt.name,
             text,
-            messages or render_messages(rt.config.prompt, text),
+            ask.messages or render_messages(rt.config.prompt, text),
             max_tokens,
-            temperature,
+            ask.temperature,
             deadline,
-            want_logprobs=logprobs,
+            want_logprobs=ask.logprobs,
         )
-        scope = "shared" if rt.config.shared_cache or tenant is None else f"tenant:{tenant}"
-        keys = self.cache_keys(rt, text, max_tokens, temperature, scope)
+        shared = rt.config.shared_cache or ask.tenant is None
+        scope = "shared" if shared else f"tenant:{ask.tenant}"
+        keys = self.cache_keys(rt, text, max_tokens, ask.temperature, scope)
         return rt, q, keys
 
     async def _cached(self, rt: TaskRuntime, keys: tuple[str, str], t0: float) -> Outcome | None:
@@ -231,31 +239,25 @@ class Cascade:
         self._observe(out)
         return out
 
-    async def run(
-        self,
-        task: str,
-        text: str,
-        max_tokens: int | None = None,
-        temperature: float = 0.0,
-        use_cache: bool = True,
-        tenant: str | None = None,
-        messages: list[Message] | None = None,
-        logprobs: bool = False,
-    ) -> Outcome:
-        """Answer one request (``messages``: a chat to send instead of the task's prompt)."""
+    async def run(self, task: str, text: str, ask: Ask = DEFAULT_ASK) -> Outcome:
+        """Answer one request."""
         t0 = time.perf_counter()
-        rt, q, keys = self._start(task, text, max_tokens, temperature, tenant, messages, logprobs)
-        if use_cache and (hit := await self._cached(rt, keys, t0)) is not None:
+        rt, q, keys = self._start(task, text, ask)
+        if ask.use_cache and (hit := await self._cached(rt, keys, t0)) is not None:
             return hit
         await self._admit(rt)
         try:
-            walk = Walk(rt, q, uuid.uuid4().hex, tenant, keys if use_cache else None, rt.version)
+            walk = self._walk(rt, q, keys, ask)
             await walk_cheap_levels(walk)
             if walk.answer is None:
                 await try_level(walk, len(rt.levels) - 1)
-            return await self._finish(walk, t0, use_cache)
+            return await self._finish(walk, t0, ask.use_cache)
         finally:
             self.admission.leave()
+
+    def _walk(self, rt: TaskRuntime, q: Query, keys: tuple[str, str], ask: Ask) -> Walk:
+        cache_keys = keys if ask.use_cache else None
+        return Walk(rt, q, uuid.uuid4().hex, ask.tenant, cache_keys, rt.version)
 
     async def _admit(self, rt: TaskRuntime) -> None:
         """A turn to run the models, or 503 when too many requests already wait for one."""
@@ -267,31 +269,23 @@ class Cascade:
             )
 
     async def stream(
-        self,
-        task: str,
-        text: str,
-        max_tokens: int | None = None,
-        temperature: float = 0.0,
-        use_cache: bool = True,
-        tenant: str | None = None,
-        messages: list[Message] | None = None,
-        logprobs: bool = False,
+        self, task: str, text: str, ask: Ask = DEFAULT_ASK
     ) -> AsyncIterator[StreamEvent]:
         """Events: first the answering level (once known), then text deltas, then the outcome.
 
         A cheaper level's text is only sent once its policy accepted it, so nothing a level
         deferred on leaks to the client; the large LM's text streams as it is generated."""
         t0 = time.perf_counter()
-        rt, q, keys = self._start(task, text, max_tokens, temperature, tenant, messages, logprobs)
-        if use_cache and (hit := await self._cached(rt, keys, t0)) is not None:
+        rt, q, keys = self._start(task, text, ask)
+        if ask.use_cache and (hit := await self._cached(rt, keys, t0)) is not None:
             yield StreamEvent(level=hit.level, cached=True, overhead_ms=hit.overhead_ms)
             yield StreamEvent(delta=hit.output)
             yield StreamEvent(outcome=hit)
             return
         await self._admit(rt)
         try:
-            walk = Walk(rt, q, uuid.uuid4().hex, tenant, keys if use_cache else None, rt.version)
-            async for ev in self._stream_walk(walk, t0, use_cache):
+            walk = self._walk(rt, q, keys, ask)
+            async for ev in self._stream_walk(walk, t0, ask.use_cache):
                 yield ev
         finally:
             self.admission.leave()

@@ -6,9 +6,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.auth import authenticate
-from app.main import Gateway
+from app.gateway import Gateway
 from app.schemas import ErrorBody, GenerateRequest, GenerateResponse
 from app.timing import cascade_headers, overhead_ms
+from cascade.runner import Ask
 
 router = APIRouter(tags=["generate"])
 
@@ -25,14 +26,13 @@ async def generate(body: GenerateRequest, request: Request) -> JSONResponse:
     """Answer with the cheapest level whose policy accepts its answer."""
     gw: Gateway = request.app.state.gateway
     who = await authenticate(request, gw)
-    outcome = await gw.cascade.run(
-        body.task,
-        body.input,
+    ask = Ask(
         max_tokens=body.max_tokens,
         temperature=body.temperature,
         use_cache=body.cache,
         tenant=who.tenant,
     )
+    outcome = await gw.cascade.run(body.task, body.input, ask)
     overhead = overhead_ms(request, outcome.model_ms)
     # a JSONResponse skips re-validating our own output against the response model (the
     # model still documents the API); on the cache-hit path that validation is most of the time

@@ -18,10 +18,11 @@ from fastapi.responses import StreamingResponse
 
 from app.auth import Caller, authenticate, caller
 from app.deps import gateway
-from app.main import Gateway
+from app.gateway import Gateway
 from app.schemas_openai import ChatCompletionRequest, chat_input, model_name, task_of
 from app.timing import cascade_headers, overhead_ms
 from cascade.outcome import CascadeError, Outcome
+from cascade.runner import Ask
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +76,16 @@ async def chat_completions(
     task = task_of(body.model, gw.cascade.tasks)
     rt = gw.cascade.task(task)
     text, messages = chat_input(body, rt.config)
-    kwargs = {
-        "max_tokens": body.max_completion_tokens or body.max_tokens,
-        "temperature": body.temperature or 0.0,
-        "tenant": who.tenant,
-        "messages": messages,
-        "logprobs": body.logprobs,
-    }
+    ask = Ask(
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature or 0.0,
+        tenant=who.tenant,
+        messages=messages,
+        logprobs=body.logprobs,
+    )
     created = int(time.time())
     if not body.stream:
-        o = await gw.cascade.run(task, text, **kwargs)
+        o = await gw.cascade.run(task, text, ask)
         for k, v in cascade_headers(o.level, o.cached, overhead_ms(request, o.model_ms)).items():
             response.headers[k] = v
         return {
@@ -103,7 +104,7 @@ async def chat_completions(
             "cascade": o.to_json(),
         }
 
-    events = gw.cascade.stream(task, text, **kwargs)
+    events = gw.cascade.stream(task, text, ask)
     first = await anext(events)  # errors before the first byte become normal HTTP errors
     headers = cascade_headers(first.level or "", bool(first.cached), first.overhead_ms or 0.0)
     cid = f"chatcmpl-{int(time.time() * 1000)}-{id(events) & 0xFFFF:x}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cascade.backends.base import BackendError, ContextLengthError, LMResult
 from cascade.config import Config
@@ -12,6 +13,8 @@ from cascade.config import LlamaBackend as LlamaCfg
 from cascade.config import OpenAIBackend as OpenAICfg
 
 __all__ = ["BackendError", "BackendPool", "ContextLengthError", "LMResult"]
+
+C = TypeVar("C", LlamaCfg, OpenAICfg, EncoderCfg)
 
 
 def resolve(models_dir: Path, name: str) -> Path:
@@ -39,47 +42,48 @@ class BackendPool:
         # backends already loaded elsewhere (by name), e.g. shared by several apps in tests
         self._made: dict[str, object] = dict(preloaded or {})
 
-    def _keep(self, name: str, kind: str, backend: object) -> object:
-        self._made[name] = self.wrap(kind, backend) if self.wrap is not None else backend
-        return self._made[name]
-
-    def _cfg(self, name: str) -> object:
-        try:
-            return self.config.backends[name]
-        except KeyError:
-            raise BackendError(f"unknown backend {name!r}") from None
-
-    def llama(self, name: str):  # noqa: ANN201 (lazy import keeps llama_cpp optional)
-        from cascade.backends.llama import LlamaBackend
-
+    def _get(
+        self, name: str, cfg_type: type[C], kind: str | None, make: Callable[[C], object]
+    ) -> Any:
+        """The backend ``name``, made from its configuration on first use; ``kind`` names
+        what ``wrap`` is told (None: never wrapped)."""
         if name not in self._made:
-            cfg = self._cfg(name)
-            assert isinstance(cfg, LlamaCfg)
-            self._keep(
-                name,
-                "llama",
-                LlamaBackend(
-                    resolve(self.models_dir, cfg.model),
-                    n_ctx=cfg.n_ctx,
-                    n_threads=cfg.n_threads or self.n_threads,
-                    top_k_entropy=cfg.top_k_entropy,
-                    name=Path(cfg.model).stem,
-                ),
-            )
+            try:
+                cfg = self.config.backends[name]
+            except KeyError:
+                raise BackendError(f"unknown backend {name!r}") from None
+            assert isinstance(cfg, cfg_type)
+            backend = make(cfg)
+            wrapped = kind is not None and self.wrap is not None
+            self._made[name] = self.wrap(kind, backend) if wrapped else backend  # type: ignore[misc,arg-type]
         return self._made[name]
 
-    def openai(self, name: str):  # noqa: ANN201
+    def llama(self, name: str) -> Any:
+        from cascade.backends.llama import LlamaBackend  # lazy: llama_cpp stays optional
+
+        return self._get(
+            name,
+            LlamaCfg,
+            "llama",
+            lambda cfg: LlamaBackend(
+                resolve(self.models_dir, cfg.model),
+                n_ctx=cfg.n_ctx,
+                n_threads=cfg.n_threads or self.n_threads,
+                top_k_entropy=cfg.top_k_entropy,
+                name=Path(cfg.model).stem,
+            ),
+        )
+
+    def openai(self, name: str) -> Any:
         from cascade.backends.openai_http import OpenAIBackend
 
-        if name not in self._made:
-            cfg = self._cfg(name)
-            assert isinstance(cfg, OpenAICfg)
+        def make(cfg: OpenAICfg) -> OpenAIBackend:
             if not cfg.base_url:
                 raise BackendError(
                     f"backend {name!r} has no base_url: set LLM_BASE_URL, or let "
                     "`cascade-gateway serve` start the local llama.cpp server"
                 )
-            self._made[name] = OpenAIBackend(
+            return OpenAIBackend(
                 cfg.base_url,
                 cfg.model,
                 api_key=cfg.api_key,
@@ -90,22 +94,20 @@ class BackendPool:
                 top_logprobs=cfg.top_logprobs,
                 cache=self.cache,  # type: ignore[arg-type]
             )
-        return self._made[name]
 
-    def encoder(self, name: str):  # noqa: ANN201
+        return self._get(name, OpenAICfg, None, make)
+
+    def encoder(self, name: str) -> Any:
         from cascade.backends.encoder import EncoderBackend
 
-        if name not in self._made:
-            cfg = self._cfg(name)
-            assert isinstance(cfg, EncoderCfg)
-            self._keep(
-                name,
-                "encoder",
-                EncoderBackend(
-                    resolve(self.models_dir, cfg.model), cfg.max_length, name=Path(cfg.model).name
-                ),
-            )
-        return self._made[name]
+        return self._get(
+            name,
+            EncoderCfg,
+            "encoder",
+            lambda cfg: EncoderBackend(
+                resolve(self.models_dir, cfg.model), cfg.max_length, name=Path(cfg.model).name
+            ),
+        )
 
     async def aclose(self) -> None:
         for b in self._made.values():

@@ -253,14 +253,9 @@ class OpenAIBackend:
     async def classify(
         self, messages: list[Message], matcher: LabelMatcher, deadline: float | None = None
     ) -> LMResult:
-        t0 = time.perf_counter()
         # label probabilities need the widest view of the first token the API allows
         payload = self._base_payload(messages, 1, 0.0, CLASSIFY_TOP_LOGPROBS)
-        data = await self._post(payload, deadline)
-        result = parse_chat_response(data, self.model, matcher)
-        self._note_logprobs(result.has_logprobs)
-        result.latency_ms = (time.perf_counter() - t0) * 1000
-        return result
+        return await self._complete(payload, deadline, matcher)
 
     async def generate(
         self,
@@ -271,12 +266,20 @@ class OpenAIBackend:
         logprobs: bool = True,
     ) -> LMResult:
         """``logprobs=False`` skips them for a caller that needs none (a final answer)."""
-        t0 = time.perf_counter()
         payload = self._base_payload(messages, max_tokens, temperature, self.top_logprobs, logprobs)
+        return await self._complete(payload, deadline, None)
+
+    async def _complete(
+        self, payload: dict[str, Any], deadline: float | None, matcher: LabelMatcher | None
+    ) -> LMResult:
+        """One plain completion, read as labels (``matcher``) or as generated text, which
+        must be complete (a finish reason, some text) to count as an answer."""
+        t0 = time.perf_counter()
         data = await self._post(payload, deadline)
-        result = parse_chat_response(data, self.model, None)
-        _check_complete(self.model, result.text, result.finish_reason)
-        if logprobs:
+        result = parse_chat_response(data, self.model, matcher)
+        if matcher is None:
+            _check_complete(self.model, result.text, result.finish_reason)
+        if "logprobs" in payload:
             self._note_logprobs(result.has_logprobs)
         result.latency_ms = (time.perf_counter() - t0) * 1000
         return result

@@ -14,16 +14,29 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from typing import Any
+from collections.abc import Hashable, Mapping
+from typing import Any, TypeVar
 
 from cascade.aio import stop_if_cancelled
 
 log = logging.getLogger(__name__)
 
+K = TypeVar("K", bound=Hashable)
+
 #: Time buckets kept for windowed statistics: (name, seconds per bucket, how long kept).
 BUCKETS = (("m", 60, 2 * 3600), ("h", 3600, 26 * 3600))
 
 WINDOWS = {"5m": 300, "1h": 3600, "24h": 86400, "all": None}
+
+
+def add_counters(
+    into: dict[K, defaultdict[str, float]], more: Mapping[K, Mapping[str, float]]
+) -> None:
+    """Add counters, per key (a task, or a task's time bucket), into ``into``."""
+    for key, d in more.items():
+        tgt = into.setdefault(key, defaultdict(float))
+        for k, v in d.items():
+            tgt[k] += v
 
 
 def bucket_plan(window_s: int) -> tuple[str, int, int]:
@@ -107,14 +120,8 @@ class Store(ABC):
         except Exception as e:  # keep them and try again later
             self.errors += 1
             log.debug("counters kept locally: %s", e)
-            for task, d in pending.items():
-                tgt = self._pending.setdefault(task, defaultdict(float))
-                for k, v in d.items():
-                    tgt[k] += v
-            for key, d in buckets.items():
-                tgt = self._pending_buckets.setdefault(key, defaultdict(float))
-                for k, v in d.items():
-                    tgt[k] += v
+            add_counters(self._pending, pending)
+            add_counters(self._pending_buckets, buckets)
 
     @property
     def pending_counters(self) -> int:

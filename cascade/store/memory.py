@@ -15,7 +15,7 @@ from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Any
 
-from cascade.store.base import BUCKETS, Store
+from cascade.store.base import BUCKETS, Store, add_counters
 
 
 class _TTLDict:
@@ -138,14 +138,8 @@ class MemoryStore(Store):
         totals: dict[str, defaultdict[str, float]],
         buckets: dict[tuple[str, str, int], defaultdict[str, float]],
     ) -> None:
-        for task, d in totals.items():
-            tgt = self._totals.setdefault(task, defaultdict(float))
-            for k, v in d.items():
-                tgt[k] += v
-        for key, d in buckets.items():
-            tgt = self._buckets.setdefault(key, defaultdict(float))
-            for k, v in d.items():
-                tgt[k] += v
+        add_counters(self._totals, totals)
+        add_counters(self._buckets, buckets)
         now = time.time()
         keep = {name: (size, ttl) for name, size, ttl in BUCKETS}
         for key in [k for k in self._buckets if (k[2] + 1) * keep[k[1]][0] < now - keep[k[1]][1]]:
