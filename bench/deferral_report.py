@@ -6,16 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import machine, md_table, plot_path, relpath, stamp, write_section
+from bench.report import machine, md_table, new_figure, save_figure, stamp, write_section
 
 
 def plot(payload: dict[str, Any], curves: dict[str, np.ndarray]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = new_figure(figsize=(7.5, 5))
     base = payload["quality"]["base_rate"]
     ax.plot([0, 1], [base, 1], color="grey", ls="--", label="random")
     for name, c in sorted(curves.items(), key=lambda kv: -float(np.mean(kv[1]))):
@@ -30,11 +25,7 @@ def plot(payload: dict[str, Any], curves: dict[str, np.ndarray]) -> str:
     ax.set_title(f"Deferral curves: {payload['stream']}, {payload['items']} prompts")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path = plot_path(f"deferral-{payload['stream']}.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return relpath(path)
+    return save_figure(fig, f"deferral-{payload['stream']}.png")
 
 
 def write_deferral_report(

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,52 +89,40 @@ class MemoLlama:
 
     def classify(self, messages: list[Message], matcher: LabelMatcher) -> LMResult:
         key = self._key("classify", messages, sorted(matcher.words.items()))
-        hit = self.memo.get(key)
-        if hit is None:
-            r = self.backend.classify(messages, matcher)
-            hit = {
-                "text": r.text,
-                "lp": r.token_logprobs,
-                "ent": r.entropies,
-                "probs": r.label_probs,
-                "mass": r.label_mass,
-                "hidden": None if r.hidden is None else _b64(r.hidden),
-                "ms": r.latency_ms,
-            }
-            self.memo.put(key, hit)
-        return LMResult(
-            text=hit["text"],
-            model=self.name,
-            token_logprobs=hit["lp"],
-            entropies=hit["ent"],
-            label_probs=hit["probs"],
-            label_mass=hit["mass"],
-            hidden=None if hit["hidden"] is None else _unb64(hit["hidden"]),
-            finish_reason="length",
-            latency_ms=hit["ms"],
-        )
+        return self._recall(key, lambda: self.backend.classify(messages, matcher), labels=True)
 
     def generate(
         self, messages: list[Message], max_tokens: int, temperature: float = 0.0, seed: int = 0
     ) -> LMResult:
         key = self._key("generate", messages, [max_tokens, temperature, seed])
+        return self._recall(
+            key, lambda: self.backend.generate(messages, max_tokens, temperature, seed), False
+        )
+
+    def _recall(self, key: str, compute: Callable[[], LMResult], labels: bool) -> LMResult:
+        """The memoised answer, computed and kept on first use. A classify entry (``labels``)
+        holds the label distribution and hidden state, and was cut at one token ("length");
+        a generate entry holds its finish reason."""
         hit = self.memo.get(key)
         if hit is None:
-            r = self.backend.generate(messages, max_tokens, temperature, seed)
-            hit = {
-                "text": r.text,
-                "lp": r.token_logprobs,
-                "ent": r.entropies,
-                "finish": r.finish_reason,
-                "ms": r.latency_ms,
-            }
+            r = compute()
+            hit = {"text": r.text, "lp": r.token_logprobs, "ent": r.entropies, "ms": r.latency_ms}
+            if labels:
+                hidden = None if r.hidden is None else _b64(r.hidden)
+                hit.update(probs=r.label_probs, mass=r.label_mass, hidden=hidden)
+            else:
+                hit["finish"] = r.finish_reason
             self.memo.put(key, hit)
+        hidden = hit.get("hidden")
         return LMResult(
             text=hit["text"],
             model=self.name,
             token_logprobs=hit["lp"],
             entropies=hit["ent"],
-            finish_reason=hit["finish"],
+            label_probs=hit.get("probs"),
+            label_mass=hit.get("mass"),
+            hidden=None if hidden is None else _unb64(hidden),
+            finish_reason="length" if labels else hit["finish"],
             latency_ms=hit["ms"],
         )
 

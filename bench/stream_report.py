@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from bench.report import machine, md_table, plot_path, relpath, stamp, write_section
+from bench.report import machine, md_table, new_figure, save_figure, stamp, write_section
 
 _STYLE = {
     "cascade": ("tab:blue", "o"),
@@ -30,13 +30,8 @@ def _knob_value(row: dict[str, Any]) -> str:
 
 
 def plot(payload: dict[str, Any]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = payload["runs"]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
+    fig, axes = new_figure(1, 3, figsize=(18, 4.8))
     variants = {r["system"]: _VARIANT_STYLE for r in rows if r["system"] not in _STYLE}
     systems = {**_STYLE, **variants}
     for ax, xkey, xlabel in (
@@ -82,11 +77,7 @@ def plot(payload: dict[str, Any]) -> str:
     _share_over_stream(axes[2], rows, payload["items"], systems)
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{payload['stream']}: {payload['items']} items, online, seeded order")
-    fig.tight_layout()
-    path = plot_path(f"stream-{payload['stream']}{payload.get('suffix', '')}.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return relpath(path)
+    return save_figure(fig, f"stream-{payload['stream']}{payload.get('suffix', '')}.png")
 
 
 def _share_over_stream(
