@@ -59,19 +59,15 @@ class BackendPool:
         return self._made[name]
 
     def llama(self, name: str) -> Any:
+        return self._get(name, LlamaCfg, "llama", self._new_llama)
+
+    def _new_llama(self, cfg: LlamaCfg) -> object:
         from cascade.backends.llama import LlamaBackend  # lazy: llama_cpp stays optional
 
-        return self._get(
-            name,
-            LlamaCfg,
-            "llama",
-            lambda cfg: LlamaBackend(
-                resolve(self.models_dir, cfg.model),
-                n_ctx=cfg.n_ctx,
-                n_threads=cfg.n_threads or self.n_threads,
-                top_k_entropy=cfg.top_k_entropy,
-                name=Path(cfg.model).stem,
-            ),
+        path = resolve(self.models_dir, cfg.model)
+        threads = cfg.n_threads or self.n_threads
+        return LlamaBackend(
+            path, cfg.n_ctx, threads, top_k_entropy=cfg.top_k_entropy, name=Path(cfg.model).stem
         )
 
     def openai(self, name: str) -> Any:
@@ -98,16 +94,13 @@ class BackendPool:
         return self._get(name, OpenAICfg, None, make)
 
     def encoder(self, name: str) -> Any:
+        return self._get(name, EncoderCfg, "encoder", self._new_encoder)
+
+    def _new_encoder(self, cfg: EncoderCfg) -> object:
         from cascade.backends.encoder import EncoderBackend
 
-        return self._get(
-            name,
-            EncoderCfg,
-            "encoder",
-            lambda cfg: EncoderBackend(
-                resolve(self.models_dir, cfg.model), cfg.max_length, name=Path(cfg.model).name
-            ),
-        )
+        path = resolve(self.models_dir, cfg.model)
+        return EncoderBackend(path, cfg.max_length, name=Path(cfg.model).name)
 
     async def aclose(self) -> None:
         for b in self._made.values():
