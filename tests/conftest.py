@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from fastapi import FastAPI
 
 from app.main import create_app
 from app.settings import Settings
@@ -62,14 +63,51 @@ def redis_client() -> Iterator[redis.Redis]:
     client.close()
 
 
+@contextlib.contextmanager
+def own_prefix(client: redis.Redis) -> Iterator[str]:
+    """A fresh key prefix in the shared Redis; its keys are deleted afterwards."""
+    prefix = f"cgtest-{uuid.uuid4().hex[:10]}"
+    try:
+        yield prefix
+    finally:
+        keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+
 @pytest.fixture
 def redis_prefix(redis_client: redis.Redis) -> Iterator[str]:
     """A key prefix of this test's own; its keys are deleted afterwards."""
-    prefix = f"cgtest-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    keys = list(redis_client.scan_iter(f"{prefix}:*", count=1000))
-    if keys:
-        redis_client.delete(*keys)
+    with own_prefix(redis_client) as prefix:
+        yield prefix
+
+
+@pytest.fixture(scope="module")
+def module_redis_prefix(redis_client: redis.Redis) -> Iterator[str]:
+    """A key prefix shared by one module's tests; its keys are deleted after the module."""
+    with own_prefix(redis_client) as prefix:
+        yield prefix
+
+
+@pytest.fixture
+def redis_settings(redis_prefix: str) -> dict[str, object]:
+    """Settings for the shared Redis under this test's own prefix."""
+    return {"REDIS_URL": REDIS_URL, "CASCADE_REDIS_PREFIX": redis_prefix}
+
+
+STORES = ["embedded", "redis"]
+
+
+@pytest.fixture(params=STORES)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Runs the test once per store: the embedded one, then Redis (``redis_prefix`` keys)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store_settings(store_kind: str, redis_settings: dict[str, object]) -> dict[str, object]:
+    """The settings that select ``store_kind``: none for the embedded store, else Redis."""
+    return redis_settings if store_kind == "redis" else {}
 
 
 TEST_CONFIG = """
@@ -175,12 +213,18 @@ def make_pool(config: Config, shared: dict[str, object]) -> BackendPool:
     return BackendPool(config, MODELS, preloaded=shared)
 
 
+def build_app(settings: Settings, shared: dict[str, object] | None = None) -> FastAPI:
+    """The real app over ``settings``' configuration; with ``shared``, on the session's models."""
+    config = load_config(settings.config_path)
+    return create_app(settings, config, make_pool(config, shared) if shared is not None else None)
+
+
 @contextlib.asynccontextmanager
 async def running_app(
-    settings: Settings, config: Config | None = None, pool: BackendPool | None = None
+    settings: Settings, shared: dict[str, object] | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The real app with its lifespan (store, models, learner), over httpx's ASGI transport."""
-    app = create_app(settings, config or load_config(settings.config_path), pool)
+    app = build_app(settings, shared)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         # the admin token rides in its own header, so Authorization stays free for API keys

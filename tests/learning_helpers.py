@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,11 +14,10 @@ import httpx
 import yaml
 
 from app.main import Gateway
-from cascade.config import load_config
 from cascade.levels.logistic import LogisticLevel
 from cascade.store.base import Store
 from cascade.versions import TaskState, load_state
-from tests.conftest import MODELS, SMOL, make_pool, make_settings, running_app
+from tests.conftest import MODELS, SMOL, make_settings, running_app
 
 T = TypeVar("T")
 TASK = "sentiment"
@@ -95,16 +94,11 @@ def learn_config(
     return path
 
 
-@contextlib.asynccontextmanager
-async def learning_app(
+def learning_app(
     root: Path, shared: dict[str, object], config: Path, **settings: object
-) -> AsyncIterator[httpx.AsyncClient]:
+) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
     """The real app with its learner (on unless CASCADE_LEARNER=False), data under ``root``."""
-    cfg = load_config(config)
-    async with running_app(
-        make_settings(root, config, **settings), cfg, make_pool(cfg, shared)
-    ) as c:
-        yield c
+    return running_app(make_settings(root, config, **settings), shared)
 
 
 def gw(client: httpx.AsyncClient) -> Gateway:

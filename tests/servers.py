@@ -9,8 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 
 def completion(
@@ -68,7 +67,28 @@ class Seen:
     body: Any
 
 
-class ScriptedServer:
+class _Loopback:
+    """A server on a loopback port, run by ``_thread`` while in its ``with`` block."""
+
+    port: int
+    _thread: threading.Thread
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class ScriptedServer(_Loopback):
     """A threaded HTTP server answering POSTs with ``replies`` in order (the last one repeats)."""
 
     def __init__(self, replies: list[Reply]) -> None:
@@ -115,25 +135,12 @@ class ScriptedServer:
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def __enter__(self) -> ScriptedServer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
 
 
-class SilentServer:
+class SilentServer(_Loopback):
     """Accepts TCP connections and never answers: a hung upstream."""
 
     def __init__(self) -> None:
@@ -144,10 +151,6 @@ class SilentServer:
         self.conns: list[socket.socket] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     def _accept(self) -> None:
         self.sock.settimeout(0.1)
@@ -160,16 +163,7 @@ class SilentServer:
                 return
             self.conns.append(conn)
 
-    def __enter__(self) -> SilentServer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         for c in self.conns:

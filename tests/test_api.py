@@ -23,17 +23,15 @@ def check_trace(trace: dict, name: str) -> None:
     assert trace["latency_ms"] >= 0.0
 
 
-@pytest.mark.parametrize("store", ["redis", "embedded"])
 async def test_answer_cache_and_stats(
     tmp_path: Path,
     shared_backends: dict,
     smol_server: LocalLLMServer,
-    redis_prefix: str,
-    store: str,
+    store_kind: str,
+    store_settings: dict,
 ) -> None:
-    redis_url = REDIS_URL if store == "redis" else None
     async with gateway(
-        tmp_path, shared_backends, smol_server.base_url, redis_url=redis_url, prefix=redis_prefix
+        tmp_path, shared_backends, smol_server.base_url, settings=store_settings
     ) as client:
         r = await client.post("/generate", json={"task": "sentiment", "input": WARM})
         assert r.status_code == 200, r.text
@@ -105,7 +103,7 @@ async def test_answer_cache_and_stats(
         ready = r.json()
         assert ready["status"] == "ready" and ready["down"] == []
         assert ready["checks"]["store"]["ok"] is True
-        assert ready["checks"]["store"]["kind"] == ("redis" if redis_url else "embedded")
+        assert ready["checks"]["store"]["kind"] == store_kind
         assert ready["checks"]["large:sentiment"]["url"] == smol_server.base_url
 
 

@@ -11,9 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cascade.llm_server import LocalLLMServer
+from tests.api_helpers import Live, live_gateway_fixture
 from tests.conftest import ADMIN_TOKEN
-from tests.live import Live, live_gateway
 
 
 def roomy_inputs(cfg: dict[str, Any]) -> None:
@@ -22,13 +21,7 @@ def roomy_inputs(cfg: dict[str, Any]) -> None:
     cfg["defaults"]["max_input_bytes"] = 32_768
 
 
-@pytest.fixture(scope="module")
-def live(
-    tmp_path_factory: pytest.TempPathFactory, shared_backends: dict, smol_server: LocalLLMServer
-) -> Iterator[Live]:
-    root = tmp_path_factory.mktemp("attack")
-    with live_gateway(root, shared_backends, smol_server.base_url, edit=roomy_inputs) as gw:
-        yield gw
+live = live_gateway_fixture("attack", edit=roomy_inputs)
 
 
 @pytest.fixture(scope="module")

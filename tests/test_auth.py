@@ -10,8 +10,7 @@ import re
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,8 @@ import openai
 import pytest
 import redis
 
-from cascade.config import load_config
-from tests.api_helpers import gateway
-from tests.conftest import (
-    ADMIN_TOKEN,
-    REDIS_URL,
-    make_pool,
-    make_settings,
-    running_app,
-    write_config,
-)
+from tests.api_helpers import gateway, gateway_settings
+from tests.conftest import ADMIN_TOKEN, REDIS_URL, running_app
 
 CLI = Path(sys.executable).with_name("cascade-gateway")
 
@@ -83,18 +74,9 @@ def redis_dump(client: redis.Redis, prefix: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def prefix(redis_client: redis.Redis) -> Iterator[str]:
-    p = f"cgtest-{uuid.uuid4().hex[:10]}"
-    yield p
-    keys = list(redis_client.scan_iter(f"{p}:*", count=1000))
-    if keys:
-        redis_client.delete(*keys)
-
-
-@pytest.fixture(scope="module")
-def keys(prefix: str) -> dict[str, tuple[str, str]]:
+def keys(module_redis_prefix: str) -> dict[str, tuple[str, str]]:
     """name -> (key, id), made by the CLI against the shared Redis before any gateway starts."""
-    env = {"REDIS_URL": REDIS_URL, "CASCADE_REDIS_PREFIX": prefix}
+    env = {"REDIS_URL": REDIS_URL, "CASCADE_REDIS_PREFIX": module_redis_prefix}
     out = {n: create_key(n, **env) for n in ("tenant-a", "tenant-b", "doomed")}
     out["limited"] = create_key("limited", rpm=3, **env)
     return out
@@ -105,12 +87,16 @@ async def pair(
     tmp_path_factory: pytest.TempPathFactory,
     shared_backends: dict,
     smol_server: Any,
-    prefix: str,
+    module_redis_prefix: str,
     keys: dict[str, tuple[str, str]],
 ) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     """Two gateway instances sharing one Redis (small_threshold 0: the small LM answers)."""
     root = tmp_path_factory.mktemp("auth")
-    kw: dict[str, Any] = {"redis_url": REDIS_URL, "prefix": prefix, "small_threshold": 0.0}
+    kw: dict[str, Any] = {
+        "redis_url": REDIS_URL,
+        "prefix": module_redis_prefix,
+        "small_threshold": 0.0,
+    }
     async with (
         gateway(root / "a", shared_backends, smol_server.base_url, **kw) as a,
         gateway(root / "b", shared_backends, smol_server.base_url, **kw) as b,
@@ -129,13 +115,13 @@ def openai_client(app: Any, key: str) -> openai.AsyncOpenAI:
 
 
 def test_keys_are_shown_once_and_stored_hashed(
-    keys: dict[str, tuple[str, str]], redis_client: redis.Redis, prefix: str
+    keys: dict[str, tuple[str, str]], redis_client: redis.Redis, module_redis_prefix: str
 ) -> None:
-    dump = redis_dump(redis_client, prefix)
+    dump = redis_dump(redis_client, module_redis_prefix)
     for key, _ in keys.values():
         assert key.encode() not in dump
         assert hashlib.sha256(key.encode()).hexdigest().encode() in dump
-    listed = cli("keys", "list", REDIS_URL=REDIS_URL, CASCADE_REDIS_PREFIX=prefix)
+    listed = cli("keys", "list", REDIS_URL=REDIS_URL, CASCADE_REDIS_PREFIX=module_redis_prefix)
     assert listed.returncode == 0, listed.stderr
     for name, (key, key_id) in keys.items():
         assert re.search(rf"{key_id}\s+active\s.*{name}", listed.stdout), listed.stdout
@@ -180,13 +166,14 @@ async def test_rate_limit_holds_across_instances(pair: tuple, keys: dict) -> Non
     assert (await b.get("/v1/models", headers=bearer(keys["tenant-b"][0]))).status_code == 200
 
 
-async def test_revoked_key_is_403(pair: tuple, keys: dict, prefix: str) -> None:
+async def test_revoked_key_is_403(pair: tuple, keys: dict, module_redis_prefix: str) -> None:
     a, b = pair
     key, key_id = keys["doomed"]
     assert (await a.get("/v1/models", headers=bearer(key))).status_code == 200  # a caches it
-    r = cli("keys", "revoke", key_id, REDIS_URL=REDIS_URL, CASCADE_REDIS_PREFIX=prefix)
+    env = {"REDIS_URL": REDIS_URL, "CASCADE_REDIS_PREFIX": module_redis_prefix}
+    r = cli("keys", "revoke", key_id, **env)
     assert r.returncode == 0 and f"revoked {key_id}" in r.stderr
-    again = cli("keys", "revoke", key_id, REDIS_URL=REDIS_URL, CASCADE_REDIS_PREFIX=prefix)
+    again = cli("keys", "revoke", key_id, **env)
     assert again.returncode == 1 and "no active key" in again.stderr
     # b never looked this key up: it sees the revocation at once
     r = await b.get("/v1/models", headers=bearer(key))
@@ -304,10 +291,10 @@ async def test_policy_change_is_validated_recorded_and_shared(pair: tuple) -> No
 
 
 async def test_key_strings_never_reach_redis(
-    pair: tuple, keys: dict, redis_client: redis.Redis, prefix: str
+    pair: tuple, keys: dict, redis_client: redis.Redis, module_redis_prefix: str
 ) -> None:
     """After all the traffic above (records, counters, cache, demonstrations)."""
-    dump = redis_dump(redis_client, prefix)
+    dump = redis_dump(redis_client, module_redis_prefix)
     assert b"req" in dump or b"cache" in dump  # there was traffic to look through
     for key, _ in keys.values():
         assert key.encode() not in dump
@@ -324,11 +311,11 @@ async def test_embedded_store_keys_and_admin_fail_closed(
     assert key.encode() not in blob
     assert hashlib.sha256(key.encode()).hexdigest().encode() in blob
 
-    path = write_config(tmp_path / "config.yaml", smol_server.base_url)
-    settings = make_settings(tmp_path, path, CASCADE_ADMIN_TOKEN=None, CASCADE_LEARNER=False)
+    settings = gateway_settings(
+        tmp_path, smol_server.base_url, settings={"CASCADE_ADMIN_TOKEN": None}
+    )
     assert settings.data_dir == data
-    config = load_config(path)
-    async with running_app(settings, config, make_pool(config, shared_backends)) as client:
+    async with running_app(settings, shared_backends) as client:
         assert (await client.get("/v1/models")).status_code == 401
         r = await client.get("/v1/models", headers=bearer(key))
         assert r.status_code == 200, r.text

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench.stream import StreamBenchArgs, stream_bench
 from cascade.llm_server import LocalLLMServer
-from tests.live import live_gateway
+from tests.api_helpers import live_gateway
 
 REVIEWS = [
     ("a brilliant and beautiful film with great music", "positive"),
@@ -22,6 +23,7 @@ REVIEWS = [
 ]
 
 
+@pytest.mark.slow  # a bench run against a served gateway
 async def test_stream_bench_drives_a_running_gateway(
     tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer
 ) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from bench.hotpath import measure
 from bench.load import prepare
 from tests.conftest import REDIS_URL
+
+pytestmark = pytest.mark.slow  # times hundreds of cache hits, gateway and floor
 
 
 def test_hotpath_times_real_cache_hits_of_the_gateway_and_the_floor(

@@ -11,9 +11,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from cascade.llm_server import LocalLLMServer
+from tests.api_helpers import Live, live_gateway_fixture
 from tests.conftest import ADMIN_TOKEN, ARTIFACTS
-from tests.live import Live, live_gateway
+
+pytestmark = pytest.mark.slow  # a headless chromium
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -45,18 +46,17 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
+live = live_gateway_fixture("dashboard")
+
+
 @pytest.fixture(scope="module")
-def gw(
-    tmp_path_factory: pytest.TempPathFactory, shared_backends: dict, smol_server: LocalLLMServer
-) -> Iterator[Live]:
+def gw(live: Live) -> Live:
     """A gateway that served: two inputs answered by the large LM, one cache hit."""
-    root = tmp_path_factory.mktemp("dashboard")
-    with live_gateway(root, shared_backends, smol_server.base_url) as live:
-        with httpx.Client(base_url=live.url, timeout=120) as client:
-            for text in ("a warm film", "a warm film", "a dreary film"):
-                r = client.post("/generate", json={"task": "sentiment", "input": text})
-                assert r.status_code == 200, r.text
-        yield live
+    with httpx.Client(base_url=live.url, timeout=120) as client:
+        for text in ("a warm film", "a warm film", "a dreary film"):
+            r = client.post("/generate", json={"task": "sentiment", "input": text})
+            assert r.status_code == 200, r.text
+    return live
 
 
 def test_dashboard_renders_live_data(gw: Live, browser: Browser) -> None:

@@ -18,6 +18,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -196,6 +198,7 @@ def _copy_context(stage: Stage, ctx: Path) -> None:
                 shutil.copy2(source, target)
 
 
+@pytest.mark.slow  # pip-installs the package and its pins into a fresh venv
 def test_build_stage_install_recipe_runs_in_a_fresh_venv(tmp_path: Path) -> None:
     """The build stage's RUN steps, as written, in a fresh venv (the apt-get step aside: this
     machine has the compilers). torch comes from pip's default index here (its CPU wheel is

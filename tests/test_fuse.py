@@ -102,6 +102,7 @@ def _use_qwen_as_small_and_fuse(data: dict[str, Any]) -> None:
     levels[-1]["params"] = {"fuse": ["small"]}
 
 
+@pytest.mark.slow  # loads Qwen2.5-1.5B as the small LM
 async def test_the_gateway_serves_the_fused_answer_and_learns_the_large_lms_own(
     tmp_path: Path,
     shared_backends: dict,

@@ -62,6 +62,7 @@ def test_invalid_answers_always_reach_the_large_lm() -> None:
     assert r["llm_share"] == 1.0 and r["agreement"] == 1.0
 
 
+@pytest.mark.slow  # five full replays of the simulated stream
 def test_exploration_seeds_give_different_draws_of_the_same_run() -> None:
     a = _stream()
     runs = {replay(a, 0.9, Knobs(), seed=s)["llm_share"] for s in range(3)}

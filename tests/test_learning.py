@@ -17,7 +17,7 @@ from cascade.llm_server import LocalLLMServer
 from cascade.quality import token_f1
 from cascade.versions import load_state
 from policies import Features
-from tests.conftest import REDIS_URL, RedisServer
+from tests.conftest import RedisServer
 from tests.learning_helpers import (
     FIXED,
     NEGATIVE,
@@ -43,6 +43,7 @@ TARGET = {"kind": "threshold", "target_agreement": 0.9, "beta": 0.98}
 NEVER = {"kind": "threshold", "threshold": 1.0}  # the logistic level (all but) never answers
 
 
+@pytest.mark.slow  # dozens of large-LM demonstrations, then retraining
 async def test_levels_and_policies_change_after_demonstrations(
     tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer
 ) -> None:
@@ -80,6 +81,7 @@ async def test_levels_and_policies_change_after_demonstrations(
         assert policy.explorer.traffic == 4
 
 
+@pytest.mark.slow  # a long stream through the learner
 async def test_warmup_sends_the_first_items_on_as_uniform_samples(
     tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer
 ) -> None:
@@ -102,6 +104,7 @@ async def test_warmup_sends_the_first_items_on_as_uniform_samples(
         assert pol.explorer.seen == 6 and len(pol.op.samples) == 6
 
 
+@pytest.mark.slow  # the longest stream: minutes of large-LM answers
 async def test_deferral_rate_falls_on_an_easy_stream(
     tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer
 ) -> None:
@@ -139,11 +142,12 @@ async def test_deferral_rate_falls_on_an_easy_stream(
     assert est["ci95_low"] <= est["agreement"] <= est["ci95_high"] <= 1.0
 
 
+@pytest.mark.slow  # two gateways and two learning rounds
 async def test_versions_hot_reload_across_gateways(
-    tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer, redis_prefix: str
+    tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer, redis_settings: dict
 ) -> None:
     config = learn_config(tmp_path / "config.yaml", smol_server.base_url, policy=NEVER)
-    env = {"REDIS_URL": REDIS_URL, "CASCADE_REDIS_PREFIX": redis_prefix}
+    env = redis_settings
     async with (
         learning_app(tmp_path / "a", shared_backends, config, **env) as a,
         learning_app(tmp_path / "b", shared_backends, config, CASCADE_LEARNER=False, **env) as b,
@@ -167,13 +171,14 @@ async def test_versions_hot_reload_across_gateways(
         np.testing.assert_array_equal(logistic(b).proba_text(FIXED), logistic(a).proba_text(FIXED))
 
 
+@pytest.mark.slow  # two gateways and a learning round
 async def test_exploration_decays_with_every_gateways_traffic(
-    tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer, redis_prefix: str
+    tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer, redis_settings: dict
 ) -> None:
     """Items one gateway decided on count for another's exploration (through the shared
     counters): a new replica does not explore as if the level were new."""
     config = learn_config(tmp_path / "config.yaml", smol_server.base_url, policy=TARGET)
-    env = {"REDIS_URL": REDIS_URL, "CASCADE_REDIS_PREFIX": redis_prefix}
+    env = redis_settings
     async with (
         learning_app(tmp_path / "a", shared_backends, config, **env) as a,
         learning_app(tmp_path / "b", shared_backends, config, CASCADE_LEARNER=False, **env) as b,
@@ -193,16 +198,11 @@ async def test_exploration_decays_with_every_gateways_traffic(
         assert pb.explore_probability <= 0.98**6
 
 
-@pytest.mark.parametrize("store", ["embedded", "redis"])
 async def test_restart_resumes_the_learned_version(
-    tmp_path: Path,
-    shared_backends: dict,
-    smol_server: LocalLLMServer,
-    redis_prefix: str,
-    store: str,
+    tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer, store_settings: dict
 ) -> None:
     config = learn_config(tmp_path / "config.yaml", smol_server.base_url, policy=NEVER)
-    env = {"REDIS_URL": REDIS_URL, "CASCADE_REDIS_PREFIX": redis_prefix} if store == "redis" else {}
+    env = store_settings
     async with learning_app(tmp_path, shared_backends, config, **env) as client:
         assert await send(client, [t for _, t in stream(4)]) == 4
         v1 = await learned(client, 4)
@@ -231,6 +231,7 @@ async def test_restart_resumes_the_learned_version(
         assert not np.allclose(logistic(client).proba_text(FIXED), p1)
 
 
+@pytest.mark.slow  # a private Redis, stopped and restarted
 async def test_no_demonstration_lost_when_redis_restarts(
     tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer, private_redis: RedisServer
 ) -> None:
@@ -346,6 +347,7 @@ QUESTIONS = [
 ]
 
 
+@pytest.mark.slow  # learning rounds on generated text
 async def test_generate_router_and_posthoc_policy_learn(
     tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer
 ) -> None:

@@ -50,6 +50,7 @@ async def scrape_until(
         await asyncio.sleep(0.25)
 
 
+@pytest.mark.slow  # a private Redis and a flush round
 async def test_metrics_count_what_was_sent(
     tmp_path: Path, shared_backends: dict, smol_server, private_redis: RedisServer
 ) -> None:

@@ -5,7 +5,6 @@ as the large LM; the SSE framing checked byte by byte with httpx."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,8 @@ import pytest
 from cascade.config import PromptConfig
 from cascade.llm_server import LocalLLMServer
 from cascade.prompts import render_messages
+from tests.api_helpers import Live, live_gateway, live_gateway_fixture
 from tests.conftest import ADMIN_TOKEN
-from tests.live import Live, live_gateway
 
 CHAT_PROMPT = PromptConfig(system="Answer the question in one sentence.", user="{input}")
 LABELS = ("positive", "negative")
@@ -40,14 +39,19 @@ def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-@pytest.fixture(scope="module")
-def live(
-    tmp_path_factory: pytest.TempPathFactory, shared_backends: dict, smol_server: LocalLLMServer
-) -> Iterator[Live]:
-    """small_threshold 1.0: the small LM generates, then its policy defers; the large answers."""
-    root = tmp_path_factory.mktemp("openai-defer")
-    with live_gateway(root, shared_backends, smol_server.base_url) as gw:
-        yield gw
+def ask_chat(question: str, **extra: Any) -> dict[str, Any]:
+    """A short ``cascade/chat`` request with per-token logprobs, as the openai client's kwargs."""
+    return {
+        "model": "cascade/chat",
+        "messages": user(question),
+        "max_tokens": TOKENS,
+        "logprobs": True,
+        **extra,
+    }
+
+
+# small_threshold 1.0: the small LM generates, then its policy defers; the large answers
+live = live_gateway_fixture("openai-defer")
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +67,7 @@ def test_models_lists_every_task(client: openai.OpenAI) -> None:
 
 
 def test_chat_with_logprobs_then_cached(client: openai.OpenAI) -> None:
-    ask = {
-        "model": "cascade/chat",
-        "messages": user("What is the capital of France?"),
-        "max_tokens": TOKENS,
-        "logprobs": True,
-        "top_logprobs": 2,
-    }
+    ask = ask_chat("What is the capital of France?", top_logprobs=2)
     raw = client.chat.completions.with_raw_response.create(**ask)
     cascade_headers_ok(raw.headers, "large", cached=False)
     done = raw.parse()
@@ -158,14 +156,7 @@ def test_deferred_level_does_not_leak_into_the_stream(
     live: Live, client: openai.OpenAI, smol_server: LocalLLMServer
 ) -> None:
     question = "Name a colour of the rainbow."
-    payload = {
-        "model": "cascade/chat",
-        "messages": user(question),
-        "max_tokens": TOKENS,
-        "logprobs": True,
-        "top_logprobs": 2,
-    }
-    headers, chunks = stream_raw(live, payload)
+    headers, chunks = stream_raw(live, ask_chat(question, top_logprobs=2))
     cascade_headers_ok(headers, "large", cached=False)
     assert headers["cache-control"] == "no-cache"
     text = streamed_text(chunks)
@@ -252,13 +243,7 @@ def test_accepted_level_streams_its_own_answer(
     """small_threshold 0: the small LM's answer is accepted, and the stream is that answer."""
     with live_gateway(tmp_path, shared_backends, smol_server.base_url, small_threshold=0.0) as gw:
         question = "Name a large animal."
-        payload = {
-            "model": "cascade/chat",
-            "messages": user(question),
-            "max_tokens": TOKENS,
-            "logprobs": True,
-        }
-        headers, chunks = stream_raw(gw, payload)
+        headers, chunks = stream_raw(gw, ask_chat(question))
         cascade_headers_ok(headers, "small", cached=False)
         text = streamed_text(chunks)
         # the in-process LM has per-token logprobs too (no alternatives: top_logprobs empty)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from app.auth import create_key, revoke_key
 from cascade.llm_server import LocalLLMServer, free_port
@@ -21,6 +22,9 @@ from cascade.store.redis import RedisStore
 from tests.api_helpers import gateway, task_stats
 from tests.conftest import MODELS, SMOL, RedisServer
 from tests.servers import SilentServer
+
+# private Redis outages, hung upstreams, llama.cpp servers started and killed
+pytestmark = pytest.mark.slow
 
 SENT = {"task": "sentiment", "input": "a warm, funny, wonderful film"}
 

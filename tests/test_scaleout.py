@@ -33,6 +33,8 @@ from tests.api_helpers import edit_config
 from tests.conftest import ADMIN_TOKEN, MODELS, RedisServer, write_config
 from tests.processes import Proc, until
 
+pytestmark = pytest.mark.slow  # three gateway processes and a learner process
+
 TASK = "sentiment"
 N_GATEWAYS = 3
 N_REQUESTS = 60

@@ -4,7 +4,6 @@ must answer without a 5xx and exactly as the page says (status, content type, bo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,21 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
-from cascade.llm_server import LocalLLMServer
+from tests.api_helpers import Live, live_gateway_fixture
 from tests.conftest import ADMIN_TOKEN
-from tests.live import Live, live_gateway
 
 ADMIN = {"x-admin-token": ADMIN_TOKEN}
 
 
-@pytest.fixture(scope="module")
-def live(
-    tmp_path_factory: pytest.TempPathFactory, shared_backends: dict, smol_server: LocalLLMServer
-) -> Iterator[Live]:
-    """small_threshold 0: the small LM answers what it can, so valid requests stay quick."""
-    root = tmp_path_factory.mktemp("schema")
-    with live_gateway(root, shared_backends, smol_server.base_url, small_threshold=0.0) as gw:
-        yield gw
+# small_threshold 0: the small LM answers what it can, so valid requests stay quick
+live = live_gateway_fixture("schema", small_threshold=0.0)
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,10 @@ from cascade.llm_server import free_port
 from tests.conftest import MODELS, SMOL, make_settings, running_app
 
 
-async def test_sentiment_end_to_end(tmp_path: Path, config_path: Path, redis_prefix: str) -> None:
-    settings = make_settings(
-        tmp_path,
-        config_path,
-        REDIS_URL="redis://127.0.0.1:6379/0",
-        CASCADE_REDIS_PREFIX=redis_prefix,
-    )
+async def test_sentiment_end_to_end(
+    tmp_path: Path, config_path: Path, redis_settings: dict
+) -> None:
+    settings = make_settings(tmp_path, config_path, **redis_settings)
     async with running_app(settings) as client:
         r = await client.post("/generate", json={"task": "sentiment", "input": "a warm film"})
         assert r.status_code == 200, r.text
@@ -108,6 +105,7 @@ def _assert_gone(pids: list[int], timeout_s: float = 15.0) -> None:
             raise AssertionError(f"llama.cpp server {pid} outlived serve")
 
 
+@pytest.mark.slow  # `cascade-gateway serve` and llama.cpp's server as subprocesses
 def test_serve_stops_its_llm_server_on_sigterm(tmp_path: Path) -> None:
     """`serve` starts llama.cpp's server for a large LM without an endpoint, and a SIGTERM
     (what docker stop, systemd and Ctrl-C in a supervisor send) stops it too: uvicorn
@@ -145,6 +143,7 @@ def test_serve_stops_its_llm_server_on_sigterm(tmp_path: Path) -> None:
             serve.kill()
 
 
+@pytest.mark.slow  # `cascade-gateway serve` and llama.cpp's server as subprocesses
 def test_sigterm_while_the_llm_server_loads_stops_it(tmp_path: Path) -> None:
     """A SIGTERM before llama.cpp's server is ready (a deploy rolled back, Ctrl-C at start)
     stops it too: it runs in its own session, so no signal to serve reaches it."""

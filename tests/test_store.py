@@ -22,15 +22,15 @@ from tests.conftest import REDIS_URL, RedisServer
 TASK = "sentiment"
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture
 async def make_store(
-    request: pytest.FixtureRequest, tmp_path: Path, redis_prefix: str
+    store_kind: str, tmp_path: Path, redis_prefix: str
 ) -> AsyncIterator[Callable[[], Store]]:
     """A factory of stores over the same data (a new instance is a restarted process)."""
     made: list[Store] = []
 
     def make() -> Store:
-        if request.param == "embedded":
+        if store_kind == "embedded":
             s: Store = MemoryStore(tmp_path / "data")
         else:
             s = RedisStore(REDIS_URL, tmp_path / "data", prefix=redis_prefix)
@@ -245,6 +245,7 @@ async def test_versions(make_store: Callable[[], Store]) -> None:
 # ------------------------------------------------------------------ Redis outages
 
 
+@pytest.mark.slow  # waits out the connect timeouts
 async def test_redis_unreachable_fails_open(tmp_path: Path) -> None:
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", tmp_path / "data", prefix="cgdown")
     try:
@@ -382,12 +383,14 @@ async def test_repeats_are_answered_while_redis_is_stopped(
         await store.cache_set("cache:known", {"output": "x"}, ttl_s=60)
         assert await store.cache_get("cache:known") == {"output": "x"}  # from Redis
         private_redis.proc.send_signal(signal.SIGSTOP)
-        worst = 0.0
+        took = []
         for _ in range(50):
             t0 = time.perf_counter()
             assert await store.cache_get("cache:known") == {"output": "x"}
-            worst = max(worst, time.perf_counter() - t0)
-        assert worst < 0.08, worst  # the hedge (20 ms) and scheduling, never 0.1 s + retry
+            took.append(time.perf_counter() - t0)
+        # the hedge (20 ms), not the socket timeout (0.1 s) each time: the median, so that a
+        # busy machine's scheduling hiccups do not decide it
+        assert sorted(took)[len(took) // 2] < 0.05, took
         assert await store.cache_get("cache:never") is None
         t0 = time.perf_counter()
         assert await store.cache_get("cache:never") is None  # the breaker is open: at once
