@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from typing import Any
 
+from bench.chaos_services import REMOTE_NICE
 from bench.report import machine, md_table, new_figure, save_figure, stamp, write_section
 
 OUTAGE_P99_MS = 50.0
@@ -310,16 +311,22 @@ Written on {stamp()} ({machine()}, {cfg["wall_s"]} s in all) by
 
     {command(cfg)}
 
-A real gateway process (bench/configs/chaos.yaml) with a private redis-server (AOF, fsync
-always) and SmolLM2 on llama.cpp as the large LM, reached through a fault-injecting proxy
-(bench/chaos_proxy.py, its own process, steered over loopback). {cfg["clients"]} clients per
-phase for {cfg["phase_s"]:g} s each, {100 * cfg["repeat_share"]:.0f}% repeats of answered
-requests and the rest new, on /generate and /v1/chat/completions, plain and streamed, each with
-the API key made before the gateway started. Phases: `redis_sigkill` (SIGKILL, restarted
-half-way), `redis_sigstop` (SIGSTOP, SIGCONT at the end), then the large LM hangs, answers 500,
-429, junk, answers cut short (a marker, then the end with no finish reason), and empty streams.
-"load 1m" is the machine's 1-minute load average at the end of each phase, this bench's own
-processes included.
+A real gateway process (bench/configs/chaos.yaml; `serve --no-learner` beside a `learn`
+process, the Redis layout) with a private redis-server (AOF, fsync always) and SmolLM2 on
+llama.cpp as the large LM, reached through a fault-injecting proxy (bench/chaos_proxy.py, its
+own process, steered over loopback). The learner, llama.cpp and the proxy stand in for other
+machines and run at nice {REMOTE_NICE}, so that on this one box they do not take the gateway
+replica's CPU. {cfg["clients"]} clients per phase for {cfg["phase_s"]:g} s each, {
+        100
+        * cfg[
+            "repeat_share"
+        ]:.0f}% repeats of requests the large LM answered (which every version serves
+from the cache) and the rest new, on /generate and /v1/chat/completions, plain and streamed,
+each with the API key made before the gateway started. Phases: `redis_sigkill` (SIGKILL,
+restarted half-way), `redis_sigstop` (SIGSTOP, SIGCONT at the end), then the large LM hangs,
+answers 500, 429, junk, answers cut short (a marker, then the end with no finish reason), and
+empty streams. "load 1m" is the machine's 1-minute load average at the end of each phase, this
+bench's own processes included.
 
 ![p99 latency per phase]({png})
 

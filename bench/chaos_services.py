@@ -90,10 +90,27 @@ def _end(proc: subprocess.Popen[bytes], term: Any, kill: Any, timeout_s: float =
         return -signal.SIGKILL
 
 
-def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+#: Niceness of the processes that stand in for other machines (the large-LM endpoint and its
+#: fault proxy, the learner): on one 2-core box they would otherwise take CPU from the gateway
+#: replica under test, which in a deployment runs beside none of them (docs/SCALING.md).
+REMOTE_NICE = 10
+
+
+def _renice(pid: int, nice: int) -> None:
+    """Every thread of a running process (Linux sets niceness per thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+
+
+def _spawn(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, nice: int = 0
+) -> subprocess.Popen[bytes]:
     """A child in its own session (Ctrl-C on the terminal reaches the bench alone, which stops
     it), killed by the kernel if the bench dies (SIGKILL included)."""
     parent = os.getpid()
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
     with log.open("ab") as out:
         return subprocess.Popen(
             cmd,
@@ -147,7 +164,7 @@ class ProxyControl:
     def start(self, timeout_s: float = 30.0) -> None:
         cmd = [sys.executable, "-m", "bench.chaos_proxy", "--upstream", self.upstream]
         cmd += ["--port", str(self.port), "--tasks-json", str(self.tasks_file)]
-        self.proc = _spawn(cmd, self.log)
+        self.proc = _spawn(cmd, self.log, nice=REMOTE_NICE)
         _wait_ok(self.proc, self.control_url + "/stats", timeout_s, "chaos proxy", self.log)
 
     def set_mode(self, mode: str) -> None:
@@ -212,7 +229,8 @@ class Learner:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = _spawn([str(EXE), "learn", "--name", "chaos-learner"], self.log, self.env)
+        cmd = [str(EXE), "learn", "--name", "chaos-learner"]
+        self.proc = _spawn(cmd, self.log, self.env, nice=REMOTE_NICE)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -257,6 +275,8 @@ def services(
             models_dir / SMOL, alias="smol", n_threads=llm_threads, log_path=work / "llm.log"
         )
         llm = stack.enter_context(smol)
+        assert llm.proc is not None
+        _renice(llm.proc.pid, REMOTE_NICE)  # it stands in for a pool of its own
         proxy = ProxyControl(llm.base_url, task_prompts(config), work)
         stack.callback(proxy.stop)
         proxy.start()
