@@ -12,10 +12,9 @@ from fastapi import Depends, HTTPException, Request
 
 from app.deps import gateway
 from app.gateway import Gateway
-from app.keys import create_key, revoke_key
 
 # the key store's two operations, where callers (tests, scripts) have always imported them
-__all__ = ["Caller", "admin", "authenticate", "caller", "create_key", "revoke_key"]
+__all__ = ["Caller", "admin", "authenticate", "caller"]
 
 
 @dataclass(frozen=True)

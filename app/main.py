@@ -16,7 +16,7 @@ from app.settings import Settings, get_settings
 from cascade.backends import BackendPool
 from cascade.config import Config, load_config
 
-__all__ = ["Gateway", "create_app"]  # Gateway: where callers imported it from before app/gateway.py
+__all__ = ["create_app"]
 
 
 def create_app(

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import httpx
 import yaml
 
-from app.main import Gateway
+from app.gateway import Gateway
 from cascade.levels.logistic import LogisticLevel
 from cascade.store.base import Store
 from cascade.versions import TaskState, load_state

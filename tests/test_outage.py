@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.auth import create_key, revoke_key
+from app.keys import create_key, revoke_key
 from cascade.llm_server import LocalLLMServer, free_port
 from cascade.store.redis import RedisStore
 from tests.api_helpers import gateway, task_stats
