@@ -190,7 +190,7 @@ async def remember(
             f"req:{walk.request_id}",
             {
                 "task": rt.name,
-                "input": walk.q.text,
+                "input": walk.query.text,
                 "tenant": walk.tenant,
                 "version": walk.version,
                 "cache_key": key,
@@ -205,11 +205,11 @@ async def remember(
         demo = build_demo(
             rt.name,
             walk.request_id,
-            walk.q.text,
+            walk.query.text,
             answer,
             records,
             walk.version,
-            walk.q.shared.get("embedding"),
+            walk.query.shared.get("embedding"),
             source="llm",
         )
         await store.append_demo(rt.name, demo)

@@ -88,12 +88,15 @@ class Cascade:
         self.pool = pool
         self.store = store
         self.tasks: dict[str, TaskRuntime] = {}
-        for name, tc in config.tasks.items():
-            levels = [build_level(lc, tc, pool) for lc in tc.levels]
+        for name, task_cfg in config.tasks.items():
+            levels = [build_level(level_cfg, task_cfg, pool) for level_cfg in task_cfg.levels]
             policies = [
-                build_policy(lc) if i < len(levels) - 1 else None for i, lc in enumerate(tc.levels)
+                build_policy(level_cfg) if i < len(levels) - 1 else None
+                for i, level_cfg in enumerate(task_cfg.levels)
             ]
-            self.tasks[name] = TaskRuntime(name, tc, levels, policies, fingerprint(config, tc))
+            self.tasks[name] = TaskRuntime(
+                name, task_cfg, levels, policies, fingerprint(config, task_cfg)
+            )
         self.request_ttl_s = 86_400
         self.observers: list[Observer] = []
         self.admission = Admission(config.defaults.max_inflight, config.defaults.queue_timeout_s)
@@ -293,7 +296,7 @@ class Cascade:
     async def _stream_walk(
         self, walk: Walk, t0: float, use_cache: bool
     ) -> AsyncIterator[StreamEvent]:
-        rt, q = walk.rt, walk.q
+        rt = walk.rt
         await walk_cheap_levels(walk)
         overhead = (time.perf_counter() - t0) * 1000 - sum(t.latency_ms for t in walk.traces)
         if walk.answer is not None:
@@ -306,7 +309,7 @@ class Cascade:
         final: LevelOutput | None = None
         started = False
         try:
-            async for delta, out in rt.large.stream(q):
+            async for delta, out in rt.large.stream(walk.query):
                 if out is not None:
                     final = out
                 elif delta:

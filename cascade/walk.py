@@ -27,7 +27,7 @@ class Walk:
     """State of one request while it walks down the cascade."""
 
     rt: TaskRuntime
-    q: Query
+    query: Query
     request_id: str
     tenant: str | None
     cache_keys: tuple[str, str] | None  # (large-LM answer, cheaper answer at this version)
@@ -63,11 +63,11 @@ async def walk_cheap_levels(walk: Walk) -> None:
 
 
 async def try_level(walk: Walk, i: int) -> None:
-    remaining = walk.q.deadline - time.monotonic() if walk.q.deadline else None
+    remaining = walk.query.deadline - time.monotonic() if walk.query.deadline else None
     try:
         if remaining is not None and remaining <= 0:
             raise TimeoutError
-        out = await asyncio.wait_for(walk.rt.levels[i].predict(walk.q), timeout=remaining)
+        out = await asyncio.wait_for(walk.rt.levels[i].predict(walk.query), timeout=remaining)
     except (BackendError, TimeoutError) as e:
         level_failed(walk, i, e)
         return
@@ -97,7 +97,7 @@ def record_level(walk: Walk, i: int, out: LevelOutput) -> None:
     last = i == len(walk.rt.levels) - 1
     walk.cost += level.cost
     walk.outputs.append(out)
-    walk.q.shared.setdefault("outputs", {})[level.name] = out  # later levels may stack on it
+    walk.query.shared.setdefault("outputs", {})[level.name] = out  # later levels may stack on it
     walk.deltas[key(LevelStat.SEEN)] = 1
     walk.deltas[key(LevelStat.LATENCY_MS)] = out.latency_ms
     trace = LevelTrace(
