@@ -19,28 +19,22 @@ def stop_if_cancelled() -> None:
 
 class Admission:
     """At most ``limit`` holders at a time; a caller that cannot get a turn within
-    ``timeout_s`` is refused (``None``) instead of queueing without end."""
+    ``timeout_s`` is refused (False) instead of queueing without end; the runner counts it."""
 
     def __init__(self, limit: int, timeout_s: float) -> None:
         self.limit = limit
         self.timeout_s = timeout_s
         self._sem = asyncio.Semaphore(limit)
-        self.waiting = 0
-        self.shed = 0
 
     async def enter(self) -> bool:
-        if not self._sem.locked():
+        if not self._sem.locked():  # a free turn: no timer on the hot path
             await self._sem.acquire()
             return True
-        self.waiting += 1
         try:
             await asyncio.wait_for(self._sem.acquire(), self.timeout_s)
-            return True
         except TimeoutError:
-            self.shed += 1
             return False
-        finally:
-            self.waiting -= 1
+        return True
 
     def leave(self) -> None:
         self._sem.release()

@@ -60,10 +60,6 @@ class _Breaker:
         self.open_until = 0.0
         self.probing = False
 
-    @property
-    def closed(self) -> bool:
-        return time.monotonic() >= self.open_until and not self.probing
-
     def acquire(self) -> bool:
         """May this call go to Redis? The first call after the cooldown is the probe."""
         if time.monotonic() < self.open_until or self.probing:
