@@ -9,12 +9,13 @@ noticed once and reported, and its answers carry ``has_logprobs=False`` instead 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
 import httpx
@@ -100,6 +101,24 @@ class UpstreamHealth:
         """Several calls in a row failed and none answered since."""
         return self.failures >= after and self.last_failure > self.last_ok
 
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        """Around one call: in flight meanwhile; its outcome recorded after. An endpoint that
+        answered no to the prompt (past its context) is up."""
+        self.inflight += 1
+        try:
+            yield
+        except ContextLengthError:
+            self.ok()
+            raise
+        except BackendError:
+            self.failed()
+            raise
+        else:
+            self.ok()
+        finally:
+            self.inflight -= 1
+
     def recent(self, within_s: float) -> bool:
         """The endpoint answered or is being called now: no probe needed to know it is up."""
         return self.inflight > 0 or time.monotonic() - self.last_ok < within_s
@@ -161,18 +180,8 @@ class OpenAIBackend:
             hit = self.cache.get(self.model, key)
             if hit is not None:
                 return hit
-        self.health.inflight += 1
-        try:
+        with self.health.call():
             data = await self._post_retrying(payload, deadline)
-        except ContextLengthError:
-            self.health.ok()  # it answered, and said no: the endpoint is fine
-            raise
-        except BackendError:
-            self.health.failed()
-            raise
-        finally:
-            self.health.inflight -= 1
-        self.health.ok()
         if self.cache is not None:
             self.cache.put(self.model, key, payload, data)
         return data
@@ -308,8 +317,7 @@ class OpenAIBackend:
         tops: list[dict[str, float]] = []
         finish = None
         said = False  # any data line at all
-        self.health.inflight += 1
-        try:
+        with self.health.call(), _as_backend_error(self.model, self.base_url):
             async with self._client.stream(
                 "POST", "/chat/completions", json=payload, timeout=httpx.Timeout(timeout)
             ) as resp:
@@ -338,20 +346,6 @@ class OpenAIBackend:
                 raise SilentStreamError(f"{self.model}: the stream closed without an answer")
             text = "".join(parts)
             _check_complete(self.model, text, finish)
-        except ContextLengthError:
-            self.health.ok()
-            raise
-        except (httpx.TimeoutException, httpx.TransportError) as e:
-            self.health.failed()
-            raise BackendError(f"{self.model} at {self.base_url}: {type(e).__name__}") from e
-        except (BackendError, KeyError, TypeError, ValueError) as e:
-            self.health.failed()
-            if isinstance(e, BackendError):
-                raise
-            raise BackendError(f"{self.model}: malformed stream chunk: {e!r}") from e
-        finally:
-            self.health.inflight -= 1
-        self.health.ok()
         yield (
             "",
             LMResult(
@@ -374,6 +368,19 @@ class OpenAIBackend:
         except (httpx.TimeoutException, httpx.TransportError):
             return False
         return resp.status_code < 500
+
+
+@contextlib.contextmanager
+def _as_backend_error(model: str, base_url: str) -> Iterator[None]:
+    """A streamed answer's transport failures and malformed chunks, as BackendError."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except (httpx.TimeoutException, httpx.TransportError) as e:
+        raise BackendError(f"{model} at {base_url}: {type(e).__name__}") from e
+    except (KeyError, TypeError, ValueError) as e:
+        raise BackendError(f"{model}: malformed stream chunk: {e!r}") from e
 
 
 def _stream_choice(model: str, chunk: str) -> dict[str, Any]:
