@@ -38,6 +38,8 @@ class RedisProc:
     demonstrations missing afterwards are the gateway's, not Redis's. (No death signal: the
     bench restarts it from a worker thread, whose exit would kill it.)"""
 
+    start_timeout_s = 30.0  # replaying the AOF on a busy machine takes a while
+
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.port, self.data_dir = port or free_port(), data_dir
         self.proc: subprocess.Popen[bytes] | None = None
@@ -56,7 +58,7 @@ class RedisProc:
             [exe, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             with contextlib.suppress(redis.ConnectionError):
                 client.ping()

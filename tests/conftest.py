@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,9 +17,10 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from app.settings import Settings
+from bench.chaos_services import RedisProc
 from cascade.backends import BackendPool
 from cascade.config import Config, load_config
-from cascade.llm_server import LocalLLMServer, free_port
+from cascade.llm_server import LocalLLMServer
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("CASCADE_MODELS_DIR", ROOT / "models")).resolve()
@@ -236,57 +235,17 @@ async def running_app(
             yield client
 
 
-class RedisServer:
-    """A private redis-server on its own port, for tests that stop and restart Redis."""
+class RedisServer(RedisProc):
+    """A private redis-server on its own port (AOF, fsync always, as a production Redis would
+    be configured), for tests that stop and restart Redis."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.data_dir = data_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    start_timeout_s = 20.0
 
     def start(self) -> RedisServer:
-        exe = shutil.which("redis-server")
-        if exe is None:
+        if shutil.which("redis-server") is None:
             raise pytest.UsageError("redis-server is not installed (CI installs it with apt)")
-        self.proc = subprocess.Popen(
-            # persistent (AOF, fsync always), as a production Redis would be configured
-            [
-                exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.data_dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 20  # replaying the AOF on a busy machine takes a while
-        while time.monotonic() < deadline:
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:  # BusyLoadingError (AOF replay) is one too
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
+        super().start()
+        return self
 
 
 @pytest.fixture
