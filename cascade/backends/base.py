@@ -41,7 +41,9 @@ class LMResult:
     top_logprobs: list[dict[str, float]] | None = None
     label_probs: dict[str, float] | None = None
     label_mass: float | None = None
-    hidden: np.ndarray | None = None
+    hidden: np.ndarray | None = None  # final hidden state at the last prompt token
+    hidden_gen: np.ndarray | None = None  # mean final hidden state over the generated tokens
+    token_ms: list[float] | None = None  # ms from the call's start to each generated token
     finish_reason: str | None = None
     latency_ms: float = 0.0
     has_logprobs: bool = True

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -143,13 +144,24 @@ class LlamaBackend:
                 lc.llama_set_embeddings(self._ctx, False)
         return logits, hidden
 
-    def _step(self, token: int) -> np.ndarray:
-        llm = self._llm
+    def _step(self, token: int, hidden_sum: np.ndarray | None = None) -> np.ndarray:
+        """Evaluate one generated token; with ``hidden_sum``, add its final hidden state."""
+        llm, lc = self._llm, self._lc
         if llm.n_tokens + 1 >= self.n_ctx:
             raise _ContextFullError
-        llm.eval([token])
+        if hidden_sum is None:
+            llm.eval([token])
+        else:
+            lc.llama_set_embeddings(self._ctx, True)
+            try:
+                llm.eval([token])
+                hidden_sum += np.ctypeslib.as_array(
+                    lc.llama_get_embeddings_ith(self._ctx, -1), shape=(self.n_embd,)
+                )
+            finally:
+                lc.llama_set_embeddings(self._ctx, False)
         return np.ctypeslib.as_array(
-            self._lc.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,)
+            lc.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,)
         ).astype(np.float32)
 
     def classify(self, messages: list[Message], matcher: LabelMatcher) -> LMResult:
@@ -183,10 +195,14 @@ class LlamaBackend:
         max_tokens: int,
         temperature: float = 0.0,
         seed: int = 0,
+        hidden: bool = False,
+        abort: AbortCheck | None = None,
     ) -> LMResult:
         """Generate text and record each chosen token's log-probability and step entropy."""
         t0 = time.perf_counter()
-        pieces = list(self.iter_generate(messages, max_tokens, temperature, seed))
+        pieces = list(
+            self.iter_generate(messages, max_tokens, temperature, seed, hidden=hidden, abort=abort)
+        )
         result = pieces[-1][1] if pieces else None
         assert result is not None
         result.latency_ms = (time.perf_counter() - t0) * 1000
@@ -199,9 +215,18 @@ class LlamaBackend:
         temperature: float = 0.0,
         seed: int = 0,
         stop: threading.Event | None = None,
+        hidden: bool = False,
+        abort: AbortCheck | None = None,
     ) -> Iterator[tuple[str, LMResult | None]]:
         """Yield (text delta, None) per token, then ("", final result) once at the end.
-        Setting ``stop`` ends generation early (the client went away)."""
+
+        Setting ``stop`` ends generation early (the client went away). With ``hidden`` the
+        result carries the final hidden state at the last prompt token and its mean over the
+        generated tokens (the deferral rules' view of the model's own state). ``abort`` is
+        asked after the prompt and then every ``abort.every`` tokens whether to give up (the
+        answer is going to be deferred anyway): finish_reason is then "aborted".
+        """
+        t0 = time.perf_counter()
         tokens = self.tokenize(self.render(messages))
         rng = np.random.default_rng(seed)
         out_ids: list[int] = []
@@ -210,11 +235,17 @@ class LlamaBackend:
         ents: list[float] = []
         finish = "length"
         emitted = b""
+        want_hidden = hidden or abort is not None
+        hidden_sum = np.zeros(self.n_embd, dtype=np.float64) if want_hidden else None
+        times: list[float] = []
         with self._lock:
-            logits, _ = self._prefill(tokens, want_hidden=False)
-            for _ in range(max_tokens):
+            logits, h_prompt = self._prefill(tokens, want_hidden=want_hidden)
+            for step in range(max_tokens):
                 if stop is not None and stop.is_set():
                     finish = "cancelled"
+                    break
+                if abort is not None and step % abort.every == 0 and abort(h_prompt, lps, ents):
+                    finish = "aborted"
                     break
                 lsm = logits - np.logaddexp.reduce(logits)
                 if temperature <= 0:
@@ -230,6 +261,7 @@ class LlamaBackend:
                     k = np.argpartition(-lsm, self.top_k)[: self.top_k]
                     ents.append(entropy_of_logprobs(lsm[k]))
                 lps.append(float(lsm[tok]))
+                times.append((time.perf_counter() - t0) * 1000)
                 out_ids.append(tok)
                 toks.append(self._llm.detokenize([tok]).decode("utf-8", "replace"))
                 text_now = self._llm.detokenize(out_ids)
@@ -242,7 +274,7 @@ class LlamaBackend:
                     emitted = text_now
                     yield delta, None
                 try:
-                    logits = self._step(tok)
+                    logits = self._step(tok, hidden_sum)
                 except _ContextFullError:
                     finish = "length"
                     break
@@ -255,6 +287,11 @@ class LlamaBackend:
                 token_logprobs=lps,
                 tokens=toks,
                 entropies=ents if self.top_k else None,
+                hidden=h_prompt,
+                hidden_gen=None
+                if hidden_sum is None or not out_ids
+                else (hidden_sum / len(out_ids)).astype(np.float32),
+                token_ms=times,
                 finish_reason=finish,
             ),
         )
@@ -262,3 +299,14 @@ class LlamaBackend:
 
 class _ContextFullError(Exception):
     pass
+
+
+class AbortCheck(Protocol):
+    """Asked during generation whether to stop: the prompt's hidden state and the token
+    log-probabilities and entropies so far. ``every``: how many tokens between asks."""
+
+    every: int
+
+    def __call__(
+        self, hidden: np.ndarray | None, token_logprobs: list[float], entropies: list[float]
+    ) -> bool: ...
