@@ -12,12 +12,15 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from policies.explore import Explorer
 from policies.operating import OperatingPoint
+
+if TYPE_CHECKING:
+    from policies.abort import EarlyAbort
 
 
 @dataclass
@@ -27,7 +30,9 @@ class Features:
     ``confidence`` is the level's own score in [0, 1] (top class probability, or a sequence
     score for generated text); ``probs`` the class distribution (classify); ``token_logprobs``
     and ``entropies`` the per-token signals of generated text; ``extra`` named scalars such as
-    agreement with the levels before; ``embedding`` an optional prompt or hidden-state vector.
+    agreement with the levels before; ``embedding`` an optional sentence embedding of the
+    prompt; ``hidden`` the small LM's own final hidden states (last prompt token, then their
+    mean over the generated tokens), where a local LM generated the answer.
     """
 
     confidence: float
@@ -36,6 +41,7 @@ class Features:
     entropies: np.ndarray | None = None
     extra: dict[str, float] = field(default_factory=dict)
     embedding: np.ndarray | None = None
+    hidden: np.ndarray | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"confidence": float(self.confidence)}
@@ -120,6 +126,8 @@ class Policy(ABC):
     keeps_deferred: ClassVar[bool] = False
     #: with a target, count exploration's k in items decided on, not only demonstrations
     counts_traffic: ClassVar[bool] = True
+    #: generated text: stops the level's generation once its answer will be deferred anyway
+    abort: EarlyAbort | None = None
 
     def __init__(
         self,
@@ -127,8 +135,12 @@ class Policy(ABC):
         beta: float | None = None,
         explore_floor: float | None = None,
         warmup: int = 0,
+        learn_share: float = 1.0,
     ) -> None:
         target = None if target_agreement is None else check_target(target_agreement)
+        self.learn_share = check_unit("learn_share", learn_share)
+        if self.learn_share <= 0.0:
+            raise PolicyError("learn_share must be in (0, 1]: a level that never runs never learns")
         self.op = None if target is None else OperatingPoint(target)
         has_target = self.op is not None and self.counts_traffic
         self.explorer = Explorer.for_policy(has_target, beta, explore_floor, warmup)
@@ -137,6 +149,11 @@ class Policy(ABC):
     def learned(self) -> bool:
         """Whether demonstrations change what a published version holds."""
         return self.op is not None
+
+    @property
+    def cannot_answer(self) -> bool:
+        """With a target: its operating point has not yet shown it (it answers nothing)."""
+        return self.op is not None and self.op.threshold <= 0.0
 
     @property
     def explore_probability(self) -> float:
@@ -255,15 +272,9 @@ _LAZY = {
     "ocl": "policies.ocl",
     **{
         k: "policies.generative"
-        for k in (
-            "chow_sum",
-            "chow_average",
-            "chow_quantile",
-            "entropy_mean",
-            "posthoc_quantile",
-            "posthoc_embed",
-        )
+        for k in ("chow_sum", "chow_average", "chow_quantile", "entropy_mean")
     },
+    **{k: "policies.posthoc" for k in ("posthoc_quantile", "posthoc_embed", "posthoc_hidden")},
 }
 
 

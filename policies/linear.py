@@ -108,7 +108,7 @@ class LinearHead:
 
     # ------------------------------------------------------------------ learning
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> bool:
+    def fit(self, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> bool:
         """Refit on all of (x, y), standardised; False, changing nothing, while y holds a
         single class. ``warm_start`` starts L-BFGS from the last fit's solution."""
         present = np.unique(y)
@@ -120,7 +120,7 @@ class LinearHead:
         if stale or not self.warm_start:
             lr = LogisticRegression(C=self.c, max_iter=self.max_iter, warm_start=self.warm_start)
             self._lbfgs = lr
-        lr.fit((x - mean) / scale, y)
+        lr.fit((x - mean) / scale, y, sample_weight=sample_weight)
         self.mean_, self.scale_ = mean.astype(np.float32), scale.astype(np.float32)
         self._export(lr.coef_, lr.intercept_, list(lr.classes_))
         return True
