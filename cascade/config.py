@@ -218,6 +218,17 @@ class TaskConfig(_Strict):
                 )
             if lv.kind == "router" and self.levels[i + 1].kind not in ("local_lm", "openai"):
                 raise ValueError(f"router {lv.name!r} must come right before an LM level")
+            needs_embed = lv.policy.kind in ("posthoc_embed", "posthoc_hidden")
+            if needs_embed and not getattr(lv.params, "embed", None):
+                raise ValueError(
+                    f"level {lv.name!r}: policy {lv.policy.kind} reads the prompt's sentence "
+                    "embedding: give the level params.embed (an encoder backend)"
+                )
+            if lv.policy.kind == "posthoc_hidden" and lv.kind != "local_lm":
+                raise ValueError(
+                    f"level {lv.name!r}: posthoc_hidden reads the small LM's hidden states, "
+                    "which only a local_lm level has"
+                )
             stack = lv.params.stack if isinstance(lv.params, LocalLMSettings) else []
             missing = [n for n in stack if n not in names[:i]]
             if missing:

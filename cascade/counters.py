@@ -39,6 +39,8 @@ class LevelStat(StrEnum):
     DECIDED = "decided"  # its policy decided (shared: exploration decays with it everywhere)
     EXPLORED = "explored"  # it would have answered; sent on to learn from
     ROUTED = "routed"  # a pre-router sent the request past the next level
+    SKIPPED = "skipped"  # not run: its policy cannot answer yet, outside the learning sample
+    ABORTED = "aborted"  # stopped mid-answer: its answer was going to be deferred
     INVALID = "invalid"  # answered outside the label set
     FAILED = "failed"
     LATENCY_MS = "latency_ms"

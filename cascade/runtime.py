@@ -88,6 +88,9 @@ def features_of(out: LevelOutput, before: list[LevelOutput]) -> Features:
     if out.label is not None and voters:
         extra["agree_prev"] = sum(b.label == out.label for b in voters) / len(voters)
     lm = out.lm
+    hidden = None
+    if lm is not None and lm.hidden is not None and lm.hidden_gen is not None:
+        hidden = np.concatenate([lm.hidden, lm.hidden_gen])  # a generated answer's states
     return Features(
         confidence=out.confidence,
         probs=out.probs,
@@ -97,6 +100,7 @@ def features_of(out: LevelOutput, before: list[LevelOutput]) -> Features:
         else np.asarray(lm.entropies, dtype=np.float64),
         extra=extra,
         embedding=out.embedding,
+        hidden=hidden,
     )
 
 

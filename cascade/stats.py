@@ -36,6 +36,8 @@ def level_stats(c: dict[str, float], name: str) -> dict[str, Any]:
         "invalid": int(g(LevelStat.INVALID)),
         "failed": int(g(LevelStat.FAILED)),
         "explored": int(g(LevelStat.EXPLORED)),
+        "skipped": int(g(LevelStat.SKIPPED)),
+        "aborted": int(g(LevelStat.ABORTED)),
         "mean_latency_ms": _r(g(LevelStat.LATENCY_MS) / seen, 3) if seen else None,
     }
     n, agree = g(LevelStat.AGREE_N), g(LevelStat.AGREE)

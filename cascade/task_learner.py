@@ -14,7 +14,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from cascade.counters import LevelStat, level_key
+from cascade.demos import decode_vector
 from cascade.levels import Demo, Level
 from cascade.quality import QualityMeasure
 from cascade.versions import TaskState
@@ -75,7 +78,10 @@ class TaskLearner:
             (d, name, rec)
             for d in demos
             for name, rec in d.levels.items()
-            if rec.get("text") and rec.get("valid", True) and "acceptable" not in rec
+            if rec.get("text")
+            and rec.get("valid", True)
+            and not rec.get("aborted")
+            and "acceptable" not in rec
         ]
         if not pairs:
             return counts
@@ -106,9 +112,7 @@ class TaskLearner:
             pos = self.order.index(name)
             next_cost = self.level_costs[self.order[pos + 1]]
             usable = rec is not None and rec.get("ready", True) and rec.get("valid", True)
-            feats = Features.from_json(rec.get("features", {})) if usable and rec else None
-            if feats is not None and feats.embedding is None and d.embedding is not None:
-                feats.embedding = d.embedding
+            feats = demo_features(rec, d) if usable and rec else None
             decision = (rec or {}).get("decision") or {}
             wrong = self._wrong(rec, d) if feats is not None and rec is not None else None
             if feats is not None and wrong is not None:
@@ -122,6 +126,7 @@ class TaskLearner:
                 last = pos == len(self.order) - 2
                 deferred = bool(decision.get("defer")) and sampled and not explored and last
                 pol.update(feats, wrong, explored, deferred)
+                _learn_abort(pol, feats, decision)
                 changed = changed or pol.learned
             if isinstance(pol, OCLPolicy):
                 ok = feats is not None and feats.probs is not None and d.label in self.labels
@@ -151,10 +156,7 @@ class TaskLearner:
                     continue
                 wrong = self._wrong(rec, d)
                 if wrong is not None:
-                    feats = Features.from_json(rec.get("features", {}))
-                    if feats.embedding is None:
-                        feats.embedding = d.embedding
-                    pol.remember(feats, wrong)
+                    pol.remember(demo_features(rec, d), wrong)
 
     def snapshot(self) -> TaskState:
         return TaskState(
@@ -178,3 +180,36 @@ class TaskLearner:
                 pol.load_state(state.policies[name])
         self.applied_id = state.applied_id
         self.demos = state.demos
+
+
+def _learn_abort(pol: Policy, feats: Features, decision: dict[str, Any]) -> None:
+    """Teach the early-abort head what the rule, as it is now, makes of this finished answer.
+    A demonstration holds every answer the rule deferred but only the explored share of those
+    it answered: an answered one stands for 1 / its exploration chance of them."""
+    if pol.abort is None or pol.cannot_answer or feats.hidden is None or not decision:
+        return
+    if feats.token_logprobs is None:
+        return
+    n = len(feats.hidden) // 2
+    weight = 1.0 if decision.get("defer") else 1.0 / max(float(decision.get("explore_p", 1)), 0.01)
+    pol.abort.learn(
+        feats.hidden[:n],
+        feats.embedding,
+        list(feats.token_logprobs),
+        list(feats.entropies) if feats.entropies is not None else [],
+        pol.decide(feats).defer,
+        weight,
+    )
+
+
+def demo_features(rec: dict[str, Any], d: Demo) -> Features:
+    """A level's features as its policy saw them, rebuilt from a demonstration: the prompt
+    embedding and, for generated text, the small LM's hidden states travel beside them."""
+    feats = Features.from_json(rec.get("features", {}))
+    if feats.embedding is None:
+        feats.embedding = d.embedding
+    if rec.get("hidden") and rec.get("hidden_gen"):
+        feats.hidden = np.concatenate(
+            [decode_vector(rec["hidden"]), decode_vector(rec["hidden_gen"])]
+        )
+    return feats

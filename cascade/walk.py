@@ -55,6 +55,9 @@ async def walk_cheap_levels(walk: Walk) -> None:
     walk.exploring = want > 0 and walk.rt.rng.random() < want
     i = 0
     while i < len(walk.rt.levels) - 1:
+        if not _learning_sample(walk, i):
+            i += 1
+            continue
         await try_level(walk, i)
         if walk.answer is not None:
             return
@@ -62,7 +65,23 @@ async def walk_cheap_levels(walk: Walk) -> None:
         walk.skip_next = False
 
 
+def _learning_sample(walk: Walk, i: int) -> bool:
+    """Whether level ``i`` runs. A level whose policy cannot answer yet (its operating point
+    has not shown the target) runs only on a ``learn_share`` sample of its traffic, so a fresh
+    task does not pay for a small LM whose answers are all deferred; the items it runs on are
+    a uniform sample, so they explore (its agreement estimate learns from every one)."""
+    pol = walk.rt.policies[i]
+    if pol is None or not pol.cannot_answer:
+        return True
+    if walk.rt.rng.random() >= pol.learn_share:
+        walk.deltas[level_key(walk.rt.levels[i].name, LevelStat.SKIPPED)] = 1
+        return False
+    walk.exploring = True
+    return True
+
+
 async def try_level(walk: Walk, i: int) -> None:
+    _arm_abort(walk, i)
     remaining = walk.query.deadline - time.monotonic() if walk.query.deadline else None
     try:
         if remaining is not None and remaining <= 0:
@@ -72,6 +91,19 @@ async def try_level(walk: Walk, i: int) -> None:
         level_failed(walk, i, e)
         return
     record_level(walk, i, out)
+
+
+def _arm_abort(walk: Walk, i: int) -> None:
+    """Let level ``i`` stop generating once its answer is sure to be deferred: only where
+    its policy can answer at all, not on an exploring request (it must finish, to be learned
+    from) and not on the abort head's own exploration share."""
+    walk.query.shared.pop("abort", None)
+    pol = walk.rt.policies[i]
+    ab = None if pol is None else pol.abort
+    if ab is None or pol is None or pol.cannot_answer or walk.exploring:
+        return
+    if walk.rt.rng.random() >= ab.explore:
+        walk.query.shared["abort"] = ab
 
 
 def level_failed(walk: Walk, i: int, e: Exception) -> None:
@@ -141,6 +173,8 @@ def record_level(walk: Walk, i: int, out: LevelOutput) -> None:
             walk.deltas[key(LevelStat.EXPLORED)] = 1
     trace.deferred = True
     walk.deltas[key(LevelStat.DEFERRED)] = 1
+    if out.extra.get("aborted"):
+        walk.deltas[key(LevelStat.ABORTED)] = 1
     walk.explored_at[level.name] = walk.exploring
 
 

@@ -30,6 +30,7 @@ from cascade.levels.base import Demo, Level, LevelOutput, Query
 from cascade.levels.heads import LogisticHead
 from cascade.levels.neighbours import DemoIndex, few_shot_messages
 from cascade.prompts import Message
+from policies.abort import EarlyAbort
 
 T = TypeVar("T")
 
@@ -61,13 +62,16 @@ class _LMLevel(Level):
 
     def to_output(self, r: LMResult, latency_ms: float) -> LevelOutput:
         if self.task.kind == "generate":
+            aborted = r.finish_reason == "aborted"
             return LevelOutput(
                 name=self.name,
                 text=r.text,
                 confidence=sequence_confidence(r.token_logprobs) if r.has_logprobs else 0.0,
                 latency_ms=latency_ms,
                 lm=r,
-                extra={"has_logprobs": float(r.has_logprobs)},
+                # an aborted answer is unfinished: nothing to decide on, judge or learn from
+                ready=not aborted,
+                extra={"has_logprobs": float(r.has_logprobs), "aborted": float(aborted)},
             )
         assert self.matcher is not None
         answered = self.matcher.match_text(r.text)
@@ -244,9 +248,13 @@ class LocalLMLevel(_LMLevel):
         t0 = time.perf_counter()
         stop = threading.Event()
         final: LMResult | None = None
+        emb = await self.prompt_embedding(q)
+        check = _abort_check(q, emb)
         try:
             async for delta, r in _in_thread(
-                lambda: backend.iter_generate(q.messages, q.max_tokens, q.temperature, stop=stop)
+                lambda: backend.iter_generate(
+                    q.messages, q.max_tokens, q.temperature, stop=stop, hidden=True, abort=check
+                )
             ):
                 if r is not None:
                     final = r
@@ -255,7 +263,9 @@ class LocalLMLevel(_LMLevel):
         finally:
             stop.set()  # the client went away: let the model stop generating
         assert final is not None
-        yield "", self.to_output(final, (time.perf_counter() - t0) * 1000)
+        out = self.to_output(final, (time.perf_counter() - t0) * 1000)
+        out.embedding = emb
+        yield "", out
 
     async def predict(self, q: Query) -> LevelOutput:
         backend = self._need_backend()
@@ -266,8 +276,11 @@ class LocalLMLevel(_LMLevel):
             messages = await self.few_shot(q)
             r = await anyio.to_thread.run_sync(lambda: backend.classify(messages, matcher))
         else:
+            check = _abort_check(q, await self.prompt_embedding(q))
             r = await anyio.to_thread.run_sync(
-                lambda: backend.generate(q.messages, q.max_tokens, q.temperature)
+                lambda: backend.generate(
+                    q.messages, q.max_tokens, q.temperature, hidden=True, abort=check
+                )
             )
         out = self.stacked(self.to_output(r, (time.perf_counter() - t0) * 1000), q)
         out.embedding = await self.prompt_embedding(q)
@@ -314,6 +327,26 @@ class OpenAILevel(_LMLevel):
         out = self.to_output(r, (time.perf_counter() - t0) * 1000)
         out.embedding = await self.prompt_embedding(q)
         return out
+
+
+class PrefixAbort:
+    """The level's early-abort head asked about a prefix, with the prompt's embedding."""
+
+    def __init__(self, abort: EarlyAbort, embedding: np.ndarray | None) -> None:
+        self.abort, self.embedding, self.every = abort, embedding, abort.every
+
+    def __call__(
+        self, hidden: np.ndarray | None, token_logprobs: list[float], entropies: list[float]
+    ) -> bool:
+        return self.abort.should_abort(
+            self.abort.vector(hidden, self.embedding, token_logprobs, entropies)
+        )
+
+
+def _abort_check(q: Query, embedding: np.ndarray | None) -> PrefixAbort | None:
+    """The walk puts the policy's abort head in ``q.shared["abort"]`` when it may stop."""
+    abort = q.shared.get("abort")
+    return None if abort is None else PrefixAbort(abort, embedding)
 
 
 _END = object()
