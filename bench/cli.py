@@ -51,6 +51,14 @@ def cmd_deferral(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from bench.generate import GenerateArgs, generate_bench
+
+    payload = asyncio.run(generate_bench(from_flags(GenerateArgs, args)))
+    print(json.dumps({k: payload[k] for k in ("stream", "items")}))
+    return 0
+
+
 def cmd_load(args: argparse.Namespace) -> int:
     from bench.load import LoadArgs, load_bench
 
@@ -181,6 +189,11 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.Namespace], int]]]
         "token-level deferral rules on a generative stream",
         "bench.deferral_run:DeferralArgs",
         cmd_deferral,
+    ),
+    "generate": (
+        "operating curves of generative cascades on a recorded stream",
+        "bench.generate:GenerateArgs",
+        cmd_generate,
     ),
     "load": (
         "throughput/latency of the cache-hit and logistic paths",

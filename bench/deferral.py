@@ -30,6 +30,7 @@ SIMPLE_RULES: dict[str, dict[str, Any]] = {
 LEARNED_RULES: dict[str, dict[str, Any]] = {
     "posthoc_quantile": {"kind": "posthoc_quantile"},
     "posthoc_embed": {"kind": "posthoc_embed"},
+    "posthoc_hidden": {"kind": "posthoc_hidden"},
 }
 
 
@@ -87,7 +88,11 @@ def rule_rows(
     for name, kind in SIMPLE_RULES.items():
         scores[name] = simple_scores(kind, feats)
     for name, kind in LEARNED_RULES.items():
-        if kind["kind"] == "posthoc_embed" and any(f.embedding is None for f in feats):
+        if kind["kind"] in ("posthoc_embed", "posthoc_hidden") and any(
+            f.embedding is None for f in feats
+        ):
+            continue
+        if kind["kind"] == "posthoc_hidden" and any(f.hidden is None for f in feats):
             continue
         scores[name] = online_scores(kind, feats, acceptable)
     o_bin = auc(deferral_curve(scores["oracle"], binary, seed))

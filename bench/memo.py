@@ -92,11 +92,24 @@ class MemoLlama:
         return self._recall(key, lambda: self.backend.classify(messages, matcher), labels=True)
 
     def generate(
-        self, messages: list[Message], max_tokens: int, temperature: float = 0.0, seed: int = 0
+        self,
+        messages: list[Message],
+        max_tokens: int,
+        temperature: float = 0.0,
+        seed: int = 0,
+        hidden: bool = False,
+        abort: Any = None,
     ) -> LMResult:
-        key = self._key("generate", messages, [max_tokens, temperature, seed])
+        if abort is not None:  # an abort depends on a head that learns: nothing to replay
+            return self.backend.generate(
+                messages, max_tokens, temperature, seed, hidden=hidden, abort=abort
+            )
+        kind = "generate-hidden" if hidden else "generate"
+        key = self._key(kind, messages, [max_tokens, temperature, seed])
         return self._recall(
-            key, lambda: self.backend.generate(messages, max_tokens, temperature, seed), False
+            key,
+            lambda: self.backend.generate(messages, max_tokens, temperature, seed, hidden=hidden),
+            False,
         )
 
     def _recall(self, key: str, compute: Callable[[], LMResult], labels: bool) -> LMResult:
@@ -112,8 +125,11 @@ class MemoLlama:
                 hit.update(probs=r.label_probs, mass=r.label_mass, hidden=hidden)
             else:
                 hit["finish"] = r.finish_reason
+                if r.hidden is not None and r.hidden_gen is not None:
+                    hit.update(hidden=_b64(r.hidden), hidden_gen=_b64(r.hidden_gen))
             self.memo.put(key, hit)
         hidden = hit.get("hidden")
+        hidden_gen = hit.get("hidden_gen")
         return LMResult(
             text=hit["text"],
             model=self.name,
@@ -122,6 +138,7 @@ class MemoLlama:
             label_probs=hit.get("probs"),
             label_mass=hit.get("mass"),
             hidden=None if hidden is None else _unb64(hidden),
+            hidden_gen=None if hidden_gen is None else _unb64(hidden_gen),
             finish_reason="length" if labels else hit["finish"],
             latency_ms=hit["ms"],
         )

