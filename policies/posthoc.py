@@ -12,13 +12,15 @@ Scored by a head that was fitted on them, those look far safer than new items do
 hundred demonstrations and hundreds of inputs, the head separates its own training items
 almost perfectly. On 1,000 TREC prompts that made the knob at 0.9 answer items only ~66%
 acceptable. So every explored sample is scored *out of fold*: the demonstrations are split
-into ``folds`` by arrival, each fold has a head fitted on the others, and a sample is scored
-by the head that never saw it. New items are scored by the head fitted on everything.
+into ``folds`` by a hash of each one (stable across learner restarts), each fold has a head
+fitted on the others, and a sample is scored by the head that never saw it. New items are
+scored by the head fitted on everything.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,7 @@ class PosthocQuantile(ScoreRule):
         refit_growth: float = 0.1,
         min_examples: int = 32,
         folds: int = 5,
+        memory: int = 20000,
         threshold: float | None = None,
         early_abort: dict[str, Any] | None = None,
         **kw: Any,
@@ -61,8 +64,10 @@ class PosthocQuantile(ScoreRule):
         # P(acceptable), refitted from the last solution (warm start: the data only grows)
         self.head = LinearHead(c=c, max_iter=300, warm_start=True)
         self.fold_heads = [LinearHead(c=c, max_iter=300, warm_start=True) for _ in range(folds)]
+        self.memory = int(memory)  # the most recent demonstrations a refit learns from
         self.xs: list[np.ndarray] = []
         self.ys: list[int] = []
+        self.folds: list[int] = []  # each remembered demonstration's fold
         self._since = 0
         self._fold = -1.0  # fold of the demonstration last remembered (-1: none)
         self.base_rate = 0.5  # P(acceptable) until both verdicts have been seen
@@ -117,9 +122,16 @@ class PosthocQuantile(ScoreRule):
 
     def remember(self, features: Features, wrong: bool) -> None:
         if features.token_logprobs is not None and features.token_logprobs.size:
-            self._fold = float(len(self.ys) % len(self.fold_heads))
-            self.xs.append(self.vector(features))
+            x = self.vector(features)
+            # the fold is a function of the demonstration itself, so a learner that rebuilds
+            # its memory after a restart puts every item back in the fold it was scored by
+            fold = zlib.crc32(x.tobytes()) % len(self.fold_heads)
+            self._fold = float(fold)
+            self.xs.append(x)
             self.ys.append(0 if wrong else 1)
+            self.folds.append(fold)
+            if len(self.ys) > self.memory:
+                del self.xs[0], self.ys[0], self.folds[0]
             self._since += 1
         else:
             self._fold = -1.0
@@ -140,7 +152,7 @@ class PosthocQuantile(ScoreRule):
         self.head.fit(x, y)
         if self.op is None:
             return  # a fixed threshold reads no window: no fold heads to fit
-        fold = np.arange(len(y)) % len(self.fold_heads)
+        fold = np.array(self.folds)
         for k, head in enumerate(self.fold_heads):
             keep = fold != k
             head.fit(x[keep], y[keep])
