@@ -96,6 +96,7 @@ class Sim:
     small_cost: float
     seed: int = 0
     learn_share: float = 0.25
+    min_answer_share: float | None = None  # default: the small level's cost
     router_threshold: float = 0.25
     rows: list[ItemRun] = field(default_factory=list)
 
@@ -115,7 +116,12 @@ class Sim:
             assert s.kind is not None
             knob: dict[str, float] = {}
             if s.target is not None:
-                knob = {"target_agreement": s.target, "learn_share": self.learn_share}
+                pays = self.small_cost if self.min_answer_share is None else self.min_answer_share
+                knob = {
+                    "target_agreement": s.target,
+                    "learn_share": self.learn_share,
+                    "min_answer_share": pays,
+                }
             if s.threshold is not None:
                 knob = {"threshold": s.threshold}
             pol = make_policy(**s.kind, **knob)

@@ -136,9 +136,11 @@ class Policy(ABC):
         explore_floor: float | None = None,
         warmup: int = 0,
         learn_share: float = 1.0,
+        min_answer_share: float = 0.0,
     ) -> None:
         target = None if target_agreement is None else check_target(target_agreement)
         self.learn_share = check_unit("learn_share", learn_share)
+        self.min_answer_share = check_unit("min_answer_share", min_answer_share)
         if self.learn_share <= 0.0:
             raise PolicyError("learn_share must be in (0, 1]: a level that never runs never learns")
         self.op = None if target is None else OperatingPoint(target)
@@ -152,8 +154,14 @@ class Policy(ABC):
 
     @property
     def cannot_answer(self) -> bool:
-        """With a target: its operating point has not yet shown it (it answers nothing)."""
-        return self.op is not None and self.op.threshold <= 0.0
+        """With a target: its operating point has not yet shown it (it answers nothing), or
+        it answers less than ``min_answer_share`` of the traffic. A level that costs a share c
+        of the large LM saves only where it answers more than c of what it runs on: below
+        that, running it on everything costs more than the large LM alone, so it runs on its
+        learning sample only until its answer share pays for it."""
+        if self.op is None:
+            return False
+        return self.op.threshold <= 0.0 or self.op.answer_share < self.min_answer_share
 
     @property
     def explore_probability(self) -> float:

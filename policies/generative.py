@@ -30,11 +30,14 @@ class ScoreRule(Policy):
         explore_floor: float | None = None,
         warmup: int = 0,
         learn_share: float = 1.0,
+        min_answer_share: float = 0.0,
     ) -> None:
         if threshold is None and target_agreement is None:
             raise PolicyError(f"{self.kind}: give a threshold or a target_agreement")
         self.threshold = None if threshold is None else self.check_param("threshold", threshold)
-        super().__init__(target_agreement, beta, explore_floor, warmup, learn_share)
+        super().__init__(
+            target_agreement, beta, explore_floor, warmup, learn_share, min_answer_share
+        )
 
     def decide(self, features: Features) -> Decision:
         s = self.score(features)

@@ -63,6 +63,7 @@ class OperatingPoint:
         self.samples: deque[tuple[np.ndarray, float]] = deque(maxlen=window)  # explored
         self.deferred: deque[tuple[np.ndarray, float]] = deque(maxlen=window)
         self.threshold = initial  # answer when score < threshold; 0.0 answers nothing
+        self.answer_share = 0.0  # share of the explored samples the threshold answers
         self._scores = np.zeros(0)
         self._p_agree = np.zeros(0)  # P(agree | score) at each explored sample
 
@@ -95,7 +96,7 @@ class OperatingPoint:
     def refit(self, score: Callable[[np.ndarray], np.ndarray]) -> float:
         """Largest threshold whose lower-bound agreement meets the target (0: answer none)."""
         if len(self.samples) < self.min_samples:
-            self.threshold = 0.0
+            self.threshold, self.answer_share = 0.0, 0.0
             return self.threshold
         self._fit(score)
         order = np.argsort(self._scores, kind="stable")
@@ -110,6 +111,7 @@ class OperatingPoint:
                 nxt = scores[i + 1] if i + 1 < len(scores) else scores[i] + 1e-6
                 best = float((scores[i] + nxt) / 2)
         self.threshold = best
+        self.answer_share = float((self._scores < best).mean()) if len(self._scores) else 0.0
         return best
 
     def rescore(self, score: Callable[[np.ndarray], np.ndarray]) -> None:
@@ -118,6 +120,7 @@ class OperatingPoint:
         ``estimate`` for the threshold it serves."""
         if self.samples:
             self._fit(score)
+            self.answer_share = float((self._scores < self.threshold).mean())
         else:
             self._scores, self._p_agree = np.zeros(0), np.zeros(0)
 
