@@ -30,7 +30,8 @@ def plot(payload: dict[str, Any]) -> str:
     fig, (ax, bx) = new_figure(1, 2, figsize=(13, 5))
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in payload["runs"]:
-        groups.setdefault(_label(r), []).append(r)
+        knob = " (target)" if r.get("target_agreement") is not None else ""
+        groups.setdefault(_label(r) + knob, []).append(r)
     for name, rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r["wall_ratio"])
         marker = "o" if name.startswith("posthoc_hidden") else "."
@@ -85,10 +86,13 @@ def targets(payload: dict[str, Any]) -> list[str]:
     )
     if worst is not None:
         verdict = "met" if len(held) == len(knob) else "not met"
+        most = max(1 - r["llm_share"] for r in knob)
         lines.append(
             f"- Knob holds (acceptable_answered >= t - 0.02 in every run with a target): "
             f"{len(held)}/{len(knob)} runs; worst {_label(worst)} {_knob(worst)}: "
-            f"{worst['acceptable_answered']} - **{verdict}**."
+            f"{worst['acceptable_answered']} - **{verdict}**; the most any of them answered "
+            f"itself: {100 * most:.1f}% of the traffic"
+            + (" (it held by answering almost nothing)." if most < 0.05 else ".")
         )
     rows = {r["rule"]: r for r in payload["rules"]}
     best = rows.get(payload["best_simple_rule"])
@@ -101,6 +105,21 @@ def targets(payload: dict[str, Any]) -> list[str]:
             f"the oracle's AUC-DF gain (target >= 50%), {ratio:.2f}x the best simple rule "
             f"`{best['rule']}` ({100 * best['oracle_share']:.0f}%; target >= 1.25x) - "
             f"**{'met' if ok else 'not met'}**."
+        )
+    small = next((r for r in runs if r["system"] == "small_only"), None)
+    base = payload["quality"]["base_rate"]
+    if small is not None and base < 0.85:
+        # the best any rule could do: defer exactly the unacceptable answers, 0.85 - base of
+        # the traffic; with the small LM run on everything, or skipped on those by a router
+        need = 0.85 - base
+        run_all = small["wall_ratio"] + need
+        routed = (1 - need) * small["wall_ratio"] + need
+        lines.append(
+            f"- What a perfect rule could reach: acceptable 0.85 needs {100 * need:.1f}% of the "
+            f"traffic deferred (small LM {100 * base:.1f}% acceptable, costing "
+            f"{small['wall_ratio']:.2f} of the large LM here); with the small LM run on every "
+            f"request that is a wall ratio of {run_all:.2f} at best, and {routed:.2f} only if a "
+            "router skipped the small LM on exactly those requests."
         )
     llm = next((r for r in runs if r["system"] == "llm_only"), None)
     good = [r for r in runs if r["system"] == "cascade" and r["acceptable"] >= 0.85]

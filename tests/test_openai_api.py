@@ -189,6 +189,34 @@ def test_deferred_level_does_not_leak_into_the_stream(
     assert "".join(c.choices[0].delta.content or "" for c in again) == text
 
 
+def test_deferred_stream_through_the_openai_client(
+    client: openai.OpenAI, smol_server: LocalLLMServer
+) -> None:
+    """What a client of the official SDK sees when the small LM's answer is deferred: the
+    large LM's tokens only, as they come, and the gateway's account on the last chunk."""
+    question = "Name a large animal."
+    with client.chat.completions.with_streaming_response.create(
+        model="cascade/chat", messages=user(question), max_tokens=TOKENS, stream=True
+    ) as resp:
+        cascade_headers_ok(resp.headers, "large", cached=False)
+        chunks = list(resp.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    large = openai.OpenAI(base_url=smol_server.base_url, api_key="none", max_retries=0)
+    direct = large.chat.completions.create(
+        model="smol",
+        messages=render_messages(CHAT_PROMPT, question),  # type: ignore[arg-type]
+        max_tokens=TOKENS,
+        temperature=0.0,
+    )
+    assert text == direct.choices[0].message.content
+    account = chunks[-1].model_extra["cascade"]
+    assert account["level"] == "large"
+    assert [(t["name"], t["answered"]) for t in account["levels"]] == [
+        ("small", False),
+        ("large", True),
+    ]
+
+
 def test_errors_in_openai_shape(live: Live, client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as nf:
         client.chat.completions.create(model="cascade/summarise", messages=user("hi"))
