@@ -99,10 +99,11 @@ class MemoLlama:
         seed: int = 0,
         hidden: bool = False,
         abort: Any = None,
+        stop: Any = None,
     ) -> LMResult:
         if abort is not None:  # an abort depends on a head that learns: nothing to replay
             return self.backend.generate(
-                messages, max_tokens, temperature, seed, hidden=hidden, abort=abort
+                messages, max_tokens, temperature, seed, hidden=hidden, abort=abort, stop=stop
             )
         kind = "generate-hidden" if hidden else "generate"
         key = self._key(kind, messages, [max_tokens, temperature, seed])

@@ -197,11 +197,15 @@ class LlamaBackend:
         seed: int = 0,
         hidden: bool = False,
         abort: AbortCheck | None = None,
+        stop: threading.Event | None = None,
     ) -> LMResult:
-        """Generate text and record each chosen token's log-probability and step entropy."""
+        """Generate text and record each chosen token's log-probability and step entropy.
+        Setting ``stop`` ends it at the next token (its request gave up waiting)."""
         t0 = time.perf_counter()
         pieces = list(
-            self.iter_generate(messages, max_tokens, temperature, seed, hidden=hidden, abort=abort)
+            self.iter_generate(
+                messages, max_tokens, temperature, seed, stop=stop, hidden=hidden, abort=abort
+            )
         )
         result = pieces[-1][1] if pieces else None
         assert result is not None

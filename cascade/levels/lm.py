@@ -277,11 +277,24 @@ class LocalLMLevel(_LMLevel):
             r = await anyio.to_thread.run_sync(lambda: backend.classify(messages, matcher))
         else:
             check = _abort_check(q, await self.prompt_embedding(q))
-            r = await anyio.to_thread.run_sync(
-                lambda: backend.generate(
-                    q.messages, q.max_tokens, q.temperature, hidden=True, abort=check
+            stop = threading.Event()
+            try:
+                # a request past its deadline stops waiting at once, and the model stops at
+                # its next token: left to finish, a long answer held the model (and its lock)
+                # for the requests after it
+                r = await anyio.to_thread.run_sync(
+                    lambda: backend.generate(
+                        q.messages,
+                        q.max_tokens,
+                        q.temperature,
+                        hidden=True,
+                        abort=check,
+                        stop=stop,
+                    ),
+                    abandon_on_cancel=True,
                 )
-            )
+            finally:
+                stop.set()
         out = self.stacked(self.to_output(r, (time.perf_counter() - t0) * 1000), q)
         out.embedding = await self.prompt_embedding(q)
         return out
