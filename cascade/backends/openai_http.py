@@ -440,8 +440,10 @@ def parse_chat_response(data: dict[str, Any], model: str, matcher: LabelMatcher 
         if tops and tops[0]:
             pairs = [(matcher.match_token(tok), lp) for tok, lp in tops[0].items()]
             result.label_probs, result.label_mass = label_distribution(pairs, matcher.labels)
-            if answered is None:
-                result.label_probs = None  # the model answered outside the label set
+            if answered is None and not result.label_mass:
+                result.label_probs = None  # outside the label set, and no label in view
+            # otherwise the level decides whether the labels' share of the first token's
+            # mass is enough to read an answer that starts a sentence (MIN_LABEL_MASS)
         elif answered is not None:
             result.label_probs = {lab: float(lab == answered) for lab in matcher.labels}
             result.label_mass = math.nan

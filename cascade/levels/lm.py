@@ -35,6 +35,12 @@ from policies.abort import EarlyAbort
 T = TypeVar("T")
 
 
+#: the first token's probability mass on the label words above which a classify answer counts
+#: even when its likeliest token is no label (SmolLM2 on an AVX2-only llama.cpp build starts
+#: some answers with "This" and still puts ~25% of its mass on the labels)
+MIN_LABEL_MASS = 0.05
+
+
 def sequence_confidence(token_logprobs: list[float]) -> float:
     """exp(mean log p): a length-neutral confidence in [0, 1] for generated text."""
     if not token_logprobs:
@@ -75,7 +81,10 @@ class _LMLevel(Level):
             )
         assert self.matcher is not None
         answered = self.matcher.match_text(r.text)
-        if answered is None or r.label_probs is None:
+        # a model that starts a sentence ("This review is ...") still weighs the labels at its
+        # first token: with a fair share of its mass on them, their distribution is its answer
+        mass = r.label_mass if r.label_mass is not None and not math.isnan(r.label_mass) else 0.0
+        if r.label_probs is None or (answered is None and mass < MIN_LABEL_MASS):
             return LevelOutput(
                 name=self.name, text=r.text, valid=False, latency_ms=latency_ms, lm=r
             )
