@@ -107,19 +107,26 @@ def cascade_quality(
     return q
 
 
+def generate_task(config_path: Path, name: str) -> tuple[TaskConfig, str]:
+    """The generate task ``name`` of a configuration, and its large LM's model name (which
+    names the annotation file its answers are recorded in)."""
+    from cascade.config import load_config
+
+    base = load_config(config_path)
+    task = base.tasks[name]
+    if task.kind != "generate":
+        raise ValueError(f"task {name!r} is not a generate task")
+    return task, getattr(base.backends[task.levels[-1].backend or ""], "model", "large")
+
+
 async def deferral_bench(args: DeferralArgs) -> dict[str, Any]:
     from app.settings import Settings
-    from cascade.config import load_config
     from cascade.llm_server import local_large_llm
     from cascade.replay import ReplayFile
 
     settings = Settings()
-    base = load_config(args.config or settings.config_path)
-    task = base.tasks[args.task]
-    if task.kind != "generate":
-        raise ValueError(f"task {args.task!r} is not a generate task")
+    task, large_model = generate_task(args.config or settings.config_path, args.task)
     stream = load_prompts(args, settings.models_dir, task)
-    large_model = getattr(base.backends[task.levels[-1].backend or ""], "model", "large")
     replay = ReplayFile(ANNOTATIONS, write_name=f"{stream.name}.{large_model}")
     need_server = not settings.llm_base_url
     print(f"stream {stream.name}: {len(stream.items)} prompts", flush=True)

@@ -49,21 +49,17 @@ def parse_sets(spec: str) -> dict[str, int]:
 
 async def generate_bench(args: GenerateArgs) -> dict[str, Any]:
     from app.settings import Settings
+    from bench.deferral_run import generate_task
     from bench.gen_data import record
-    from cascade.config import load_config
     from cascade.llm_server import local_large_llm
     from cascade.quality import QualityMeasure
     from cascade.replay import ReplayFile
 
     settings = Settings()
-    base = load_config(args.config or settings.config_path)
-    task = base.tasks[args.task]
-    if task.kind != "generate":
-        raise ValueError(f"task {args.task!r} is not a generate task")
+    task, large_model = generate_task(args.config or settings.config_path, args.task)
     sets = parse_sets(args.sets)
     prompts = prompt_mix(settings.models_dir, sets, args.seed, args.order_seed)[: args.limit]
     name = "+".join(sets)
-    large_model = getattr(base.backends[task.levels[-1].backend or ""], "model", "large")
     replay = ReplayFile(ANNOTATIONS, write_name=f"chat.{large_model}")
     print(f"stream {name}: {len(prompts)} prompts ({args.sets})", flush=True)
     with local_large_llm(
