@@ -19,6 +19,7 @@ from app.metrics import Metrics
 from app.settings import Settings
 from cascade.aio import stop_if_cancelled
 from cascade.backends import BackendPool
+from cascade.backends.base import set_model_nice
 from cascade.config import Config
 from cascade.runner import Cascade
 from cascade.store import Store, open_store
@@ -48,6 +49,7 @@ class Gateway:
         cls, settings: Settings, config: Config, pool: BackendPool | None = None
     ) -> Gateway:
         """Open the store, warm the cascade, start the background loops (and the learner)."""
+        set_model_nice(settings.model_nice)
         store = open_store(settings)
         await store.start()
         backends = pool or BackendPool(config, settings.models_dir)

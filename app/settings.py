@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     learner: bool = Field(True, alias="CASCADE_LEARNER")
     version_poll_s: float = Field(1.0, alias="CASCADE_VERSION_POLL_S", gt=0)
     demo_stream_maxlen: int = Field(200_000, alias="CASCADE_DEMO_STREAM_MAXLEN", ge=1000)
+    # in-process models run this far (0-19) below the thread that serves requests: on a busy
+    # machine a cache hit is not kept waiting behind a model's token loop
+    model_nice: int = Field(10, alias="CASCADE_MODEL_NICE", ge=0, le=19)
     log_level: str = Field("info", alias="LOG_LEVEL")
 
 

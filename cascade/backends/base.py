@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+
+_model_nice = 0  # how far below the event loop a thread running a model is scheduled
+_niced = threading.local()
+
+
+def set_model_nice(nice: int) -> None:
+    """Run in-process models at ``nice`` (0-19) below the thread that serves requests.
+
+    A model is batch work beside the event loop's interactive work (a cache hit, a health
+    check): on a busy machine the scheduler should run the loop first. Linux schedules threads
+    one by one, so only the threads that run models are lowered, and only from now on."""
+    global _model_nice
+    _model_nice = max(0, min(19, nice))
+
+
+def model_thread() -> None:
+    """Lower the calling thread to the model priority, ``_model_nice`` below the process's
+    main thread, once per thread (a no-op where the OS refuses or has no per-thread priority)."""
+    if not _model_nice or getattr(_niced, "done", 0) >= _model_nice:
+        return
+    _niced.done = _model_nice
+    with contextlib.suppress(OSError, AttributeError):
+        base = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the main thread's, on Linux
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, base + _model_nice))
 
 
 class BackendError(RuntimeError):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cascade.backends.base import BackendError
+from cascade.backends.base import BackendError, model_thread
 
 
 class EncoderBackend:
@@ -42,6 +42,7 @@ class EncoderBackend:
 
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """(len(texts), dim) float32 unit vectors."""
+        model_thread()
         torch = self._torch
         out = []
         with self._lock, torch.inference_mode():

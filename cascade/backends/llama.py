@@ -22,6 +22,7 @@ from cascade.backends.base import (
     ContextLengthError,
     LMResult,
     entropy_of_logprobs,
+    model_thread,
 )
 from cascade.prompts import LabelMatcher, Message
 
@@ -166,6 +167,7 @@ class LlamaBackend:
 
     def classify(self, messages: list[Message], matcher: LabelMatcher) -> LMResult:
         """Next-token distribution over the label words, plus the last hidden state."""
+        model_thread()
         t0 = time.perf_counter()
         label_ids = self._label_ids(matcher)
         tokens = self.tokenize(self.render(messages))
@@ -230,6 +232,7 @@ class LlamaBackend:
         asked after the prompt and then every ``abort.every`` tokens whether to give up (the
         answer is going to be deferred anyway): finish_reason is then "aborted".
         """
+        model_thread()
         t0 = time.perf_counter()
         tokens = self.tokenize(self.render(messages))
         rng = np.random.default_rng(seed)
