@@ -400,6 +400,50 @@ async def test_repeats_are_answered_while_redis_is_stopped(
         await store.close()
 
 
+async def test_a_stopped_redis_is_probed_in_the_background(
+    tmp_path: Path, private_redis: RedisServer
+) -> None:
+    """Once a call has found Redis stopped, no request waits on it again: the breaker's probe
+    is the store's own background PING, and it closes the breaker when Redis answers again."""
+    store = RedisStore(private_redis.url, tmp_path / "data", prefix="cgprobe")
+    store.breaker.cooldown_s = 0.2
+    sent: list[object] = []
+    real_mget = store.fast.mget
+
+    async def counting_mget(*args: object, **kwargs: object) -> object:
+        sent.append(args)
+        return await real_mget(*args, **kwargs)
+
+    store.fast.mget = counting_mget  # type: ignore[method-assign]
+    client = redis.Redis(port=private_redis.port)
+    assert private_redis.proc is not None
+    try:
+        assert await store.cache_get("cache:never") is None  # Redis answers: a plain miss
+        private_redis.proc.send_signal(signal.SIGSTOP)
+        assert await store.cache_get("cache:never") is None  # waits out the socket timeout
+        assert store.breaker.is_open
+        asked = len(sent)
+        errors = store.errors
+        for _ in range(12):  # five cooldowns and more
+            assert await store.cache_get("cache:never") is None
+            await asyncio.sleep(0.1)
+        assert len(sent) == asked  # no request went to the stopped Redis
+        assert store.errors > errors  # the background probes did, and counted their failures
+        assert store.breaker.is_open
+    finally:
+        private_redis.proc.send_signal(signal.SIGCONT)
+    try:
+        client.set("cgprobe:cache:fresh", json.dumps({"output": "from redis"}))
+        deadline = time.monotonic() + 10
+        while await store.cache_get("cache:fresh") is None:  # read from Redis once closed
+            assert time.monotonic() < deadline, "the breaker never closed after SIGCONT"
+            await asyncio.sleep(0.1)
+        assert not store.breaker.is_open
+    finally:
+        await store.close()
+        client.close()
+
+
 async def test_a_lost_cache_write_is_answered_from_this_process(
     tmp_path: Path, redis_client: redis.Redis, redis_prefix: str
 ) -> None:

@@ -51,29 +51,29 @@ def _id_tuple(i: str) -> tuple[int, int]:
 
 
 class _Breaker:
-    """Open for ``cooldown_s`` after a failure; then half-open: one call probes Redis while
-    the others keep short-circuiting, so a stopped Redis (where every call waits out its
-    socket timeout) costs one request per cooldown, not every request in flight."""
+    """Open for ``cooldown_s`` after a failure, and until a probe finds Redis answering again.
+
+    While open, no request goes to Redis. The probe is the store's own background PING, not a
+    request: a stopped Redis (where every call waits out its socket timeout) costs requests
+    nothing after the call that found it stopped."""
 
     def __init__(self, cooldown_s: float = 1.0) -> None:
         self.cooldown_s = cooldown_s
         self.open_until = 0.0
+        self.is_open = False
         self.probing = False
 
-    def acquire(self) -> bool:
-        """May this call go to Redis? The first call after the cooldown is the probe."""
-        if time.monotonic() < self.open_until or self.probing:
-            return False
-        if self.open_until:
-            self.probing = True
-        return True
+    def probe_due(self) -> bool:
+        """Open, cooled down and no probe running: time to ask Redis again."""
+        return self.is_open and not self.probing and time.monotonic() >= self.open_until
 
     def succeed(self) -> None:
         self.probing = False
-        self.open_until = 0.0
+        self.is_open = False
 
     def trip(self) -> None:
         self.probing = False
+        self.is_open = True
         self.open_until = time.monotonic() + self.cooldown_s
 
 
@@ -147,7 +147,8 @@ class RedisStore(Store):
         self.breaker = _Breaker()
         self.local = LocalCache(local_cache_entries)
         self.hedge_s = hedge_s
-        self._hedges: set[asyncio.Future[Any]] = set()  # hedged reads still running
+        # hedged reads and breaker probes still running
+        self._background: set[asyncio.Future[Any]] = set()
         self._outbox = Outbox(data_dir / "outbox", outbox_max)
         self._pending_cursor: dict[str, str] = {}  # re-delivering own pending entries from here
         self._groups: set[str] = set()
@@ -159,6 +160,8 @@ class RedisStore(Store):
         return {"kind": self.kind, "url": _redact(self.url)}
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         await super().close()
         await self._flush_outbox()
         await self.fast.aclose()
@@ -177,7 +180,8 @@ class RedisStore(Store):
 
     async def _try_fast(self, coro_fn: Any, default: Any = None) -> tuple[bool, Any]:
         """(whether Redis answered, its answer or ``default``)."""
-        if not self.breaker.acquire():
+        if self.breaker.is_open:
+            self._probe_later()
             return False, default
         try:
             value = await coro_fn()
@@ -186,11 +190,31 @@ class RedisStore(Store):
             self.breaker.trip()
             log.debug("redis unavailable on the hot path: %s", e)
             return False, default
-        except BaseException:
-            self.breaker.probing = False  # cancelled mid-probe: let the next call probe
-            raise
-        self.breaker.succeed()
         return True, value
+
+    def _probe_later(self) -> None:
+        """Once per cooldown while the breaker is open: PING Redis in the background and close
+        the breaker when it answers."""
+        if not self.breaker.probe_due():
+            return
+        self.breaker.probing = True
+
+        async def probe() -> None:
+            try:
+                await self.fast.ping()
+            except (TimeoutError, RedisError, OSError) as e:
+                self.errors += 1
+                self.breaker.trip()
+                log.debug("redis still unavailable: %s", e)
+            except BaseException:
+                self.breaker.probing = False  # cancelled: the next request starts another
+                raise
+            else:
+                self.breaker.succeed()
+
+        task = asyncio.ensure_future(probe())
+        self._background.add(task)  # held until done, as the hedged reads are
+        task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ cache and records
 
@@ -213,8 +237,8 @@ class RedisStore(Store):
             task = asyncio.ensure_future(call)
             done, _ = await asyncio.wait({task}, timeout=self.hedge_s)
             if not done:
-                self._hedges.add(task)
-                task.add_done_callback(self._hedges.discard)
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
                 return local
             call = task
         ok, raws = await call
