@@ -71,6 +71,8 @@ def _flags(rec: dict[str, Any], meta: dict[str, Any] | None, headers: httpx.Head
     rec["cached"] = bool(meta.get("cached", headers.get("x-cascade-cached") == "true"))
     rec["degraded"] = meta.get("degraded")  # None: the response does not say
     rec["level"] = meta.get("level", headers.get("x-cascade-level"))
+    if (server := headers.get("x-cascade-overhead-ms")) is not None:
+        rec["server_ms"] = float(server)  # the gateway's own time: the rest is queueing or transit
     errors = [f"{t.get('name')}: {t['error']}" for t in meta.get("levels") or [] if t.get("error")]
     if errors:  # why a level failed: what a degraded answer hides
         rec["level_errors"] = errors
