@@ -40,6 +40,13 @@ class Walk:
     cost: float = 0.0
     exploring: bool = False
     explore_p: float = 0.0  # the coin's probability for this request
+    sampled: set[str] = field(default_factory=set)  # levels run as their learning sample
+
+    def explores(self, level: str) -> bool:
+        """Whether ``level``'s answer must go on to the large LM: the request's coin, or the
+        level's own learning sample (which explores that level only)."""
+        return self.exploring or level in self.sampled
+
     answer: LevelOutput | None = None
     large_failed: str | None = None
     too_long: str | None = None  # the large LM said the prompt does not fit its context
@@ -69,14 +76,17 @@ def _learning_sample(walk: Walk, i: int) -> bool:
     """Whether level ``i`` runs. A level whose policy cannot answer yet (its operating point
     has not shown the target) runs only on a ``learn_share`` sample of its traffic, so a fresh
     task does not pay for a small LM whose answers are all deferred; the items it runs on are
-    a uniform sample, so they explore (its agreement estimate learns from every one)."""
+    a uniform sample, so they explore it (its agreement estimate learns from every one). Only
+    that level: the levels after it keep the request's own coin, so a fresh cheap level that
+    cannot answer yet does not stop the ones after it from answering."""
     pol = walk.rt.policies[i]
     if pol is None or not pol.cannot_answer:
         return True
+    name = walk.rt.levels[i].name
     if walk.rt.rng.random() >= pol.learn_share:
-        walk.deltas[level_key(walk.rt.levels[i].name, LevelStat.SKIPPED)] = 1
+        walk.deltas[level_key(name, LevelStat.SKIPPED)] = 1
         return False
-    walk.exploring = True
+    walk.sampled.add(name)
     return True
 
 
@@ -100,7 +110,7 @@ def _arm_abort(walk: Walk, i: int) -> None:
     walk.query.shared.pop("abort", None)
     pol = walk.rt.policies[i]
     ab = None if pol is None else pol.abort
-    if ab is None or pol is None or pol.cannot_answer or walk.exploring:
+    if ab is None or pol is None or pol.cannot_answer or walk.explores(walk.rt.levels[i].name):
         return
     if walk.rt.rng.random() >= ab.explore:
         walk.query.shared["abort"] = ab
@@ -164,7 +174,7 @@ def record_level(walk: Walk, i: int, out: LevelOutput) -> None:
         )
         if policy.explorer is not None:
             policy.explorer.decided()
-        if not d.defer and not walk.exploring:
+        if not d.defer and not walk.explores(level.name):
             walk.answer, trace.answered = out, True
             walk.deltas[key(LevelStat.ANSWERED)] = 1
             return
@@ -175,7 +185,7 @@ def record_level(walk: Walk, i: int, out: LevelOutput) -> None:
     walk.deltas[key(LevelStat.DEFERRED)] = 1
     if out.extra.get("aborted"):
         walk.deltas[key(LevelStat.ABORTED)] = 1
-    walk.explored_at[level.name] = walk.exploring
+    walk.explored_at[level.name] = walk.explores(level.name)
 
 
 def _route(walk: Walk, name: str, out: LevelOutput, policy: Policy) -> None:
