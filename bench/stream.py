@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench.flags import arg
-from bench.harness import BenchContext, ItemResult, run_stream
+from bench.harness import BenchContext, run_stream
+from bench.stream_figures import summarise
 from bench.streams import Stream, without_fuse
 from cascade.config import LevelConfig, TaskConfig, ThresholdPolicyConfig
 
@@ -83,59 +82,6 @@ def task_for(spec: RunSpec, template: TaskConfig) -> TaskConfig:
             pol["threshold"] = spec.value
         out.append(_with_policy(lc, pol))
     return template.model_copy(update={"levels": [*out, large]})
-
-
-def summarise(
-    spec: RunSpec,
-    results: list[ItemResult],
-    stream: Stream,
-    llm_labels: list[str | None] | None,
-    level_seconds: dict[str, float],
-    llm_name: str,
-) -> dict[str, Any]:
-    """One run's figures; ``llm_labels`` None (the large LM's label for every item is not
-    known, as over HTTP) leaves agreement out."""
-    n = len(results)
-    truth = [it.label for it in stream.items]
-    acc = np.mean([r.label == t for r, t in zip(results, truth, strict=True)])
-    agree = None
-    if llm_labels is not None:
-        same = [r.label == g for r, g in zip(results, llm_labels, strict=True)]
-        agree = round(float(np.mean(same)), 4)
-    share = np.mean([r.llm_called for r in results])
-    cost = float(sum(r.cost for r in results))
-    wall = sum(sum(level_seconds.get(name, 0.0) for name in r.levels_run) for r in results)
-    llm_wall = n * level_seconds.get(llm_name, 0.0)
-    answered: dict[str, int] = {}
-    for r in results:
-        answered[r.level] = answered.get(r.level, 0) + 1
-    row: dict[str, Any] = {"system": spec.system}
-    if spec.knob is not None:
-        row[spec.knob] = spec.value
-    row.update(
-        accuracy=round(float(acc), 4),
-        agreement=agree,
-        llm_share=round(float(share), 4),
-        cost=round(cost, 3),
-        cost_ratio=round(cost / n, 4),  # the large LM alone costs 1 per item
-        wall_ratio=round(wall / llm_wall, 4) if llm_wall else None,
-        answered_by={k: round(v / n, 4) for k, v in sorted(answered.items())},
-        degraded=sum(r.degraded for r in results),
-        errors=sum(r.error is not None for r in results),
-        share_by_tenth=by_window([r.llm_called for r in results], 10),
-        accuracy_by_tenth=by_window(
-            [r.label == t for r, t in zip(results, truth, strict=True)], 10
-        ),
-    )
-    return row
-
-
-def by_window(hits: list[bool], windows: int) -> list[float]:
-    """The mean in consecutive slices of the stream: a learning cascade's large-LM share falls
-    as it learns (a static one's stays flat), so the whole-stream share mixes warm-up with
-    what it settles at."""
-    arr = np.array(hits, dtype=np.float64)
-    return [round(float(c.mean()), 4) for c in np.array_split(arr, windows) if c.size]
 
 
 async def measure_level_seconds(
