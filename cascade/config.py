@@ -95,6 +95,18 @@ class ThresholdPolicyConfig(_Strict):
     warmup: int = Field(
         0, ge=0, description="send the first n items on to the large LM to learn from"
     )
+    prior: float = Field(
+        0.0,
+        ge=0.0,
+        description="with target_agreement: trust the level's own confidence as if it were "
+        "this many explored samples, so a new task's level answers before it has its own",
+    )
+    explore_need: int = Field(
+        0,
+        ge=0,
+        description="with target_agreement: explore until the agreement estimate holds this "
+        "many explored samples, then at the floor (0: the decay set by beta)",
+    )
 
 
 class PolicyConfigAny(_Strict):

@@ -166,6 +166,8 @@ class Policy(ABC):
     @property
     def explore_probability(self) -> float:
         """How often this policy wants an item sent on to the large LM to learn from it."""
+        if self.explorer.need and self.op is not None:
+            return self.explorer.by_need(len(self.op.samples))
         return self.explorer.probability
 
     @abstractmethod

@@ -45,6 +45,7 @@ class Explorer:
         self.beta = beta
         self.floor = floor
         self.by_traffic = by_traffic
+        self.need = 0  # > 0: explore by what the estimate still needs, not by the decay
         self.seen = 0  # demonstrations learned from (the learner's count, versioned)
         self.traffic = 0  # items decided on in this process (by_traffic only)
 
@@ -64,6 +65,14 @@ class Explorer:
             by_traffic=has_target,
             warmup=warmup,
         )
+
+    def by_need(self, have: int) -> float:
+        """Explore while the agreement estimate holds fewer than ``need`` explored samples,
+        less as they come (1 - have/need), then at the floor: a level that the estimate
+        already covers stops paying for samples it does not need, however young it is."""
+        if max(self.seen, self.traffic) < self.warmup:
+            return 1.0
+        return max(self.floor, 1.0 - have / self.need) if have < self.need else self.floor
 
     def keep_target_floor(self) -> None:
         """A target set later on a policy that had none: keep at least the target's floor."""

@@ -56,10 +56,17 @@ class OperatingPoint:
         z: float = 0.5,
         min_samples: int = 30,
         initial: float = 0.0,
+        prior_strength: float = 0.0,
+        prior: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.target = target  # in (0, 1]: the policy checked it (policies.base.check_target)
         self.z = z
         self.min_samples = min_samples
+        # an informative start: P(agree | score) as the level's own calibration says, worth
+        # ``prior_strength`` explored samples (0: none; the level answers nothing until it
+        # has ``min_samples`` of its own)
+        self.prior_strength = prior_strength
+        self.prior = prior
         self.samples: deque[tuple[np.ndarray, float]] = deque(maxlen=window)  # explored
         self.deferred: deque[tuple[np.ndarray, float]] = deque(maxlen=window)
         self.threshold = initial  # answer when score < threshold; 0.0 answers nothing
@@ -93,25 +100,59 @@ class OperatingPoint:
         inside = np.isfinite(self._scores)
         self._p_agree[inside] = iso.predict(self._scores[inside])
 
+    @property
+    def has_prior(self) -> bool:
+        return self.prior is not None and self.prior_strength > 0
+
+    def prior_threshold(self) -> float:
+        """Where the prior alone meets the target: the largest score whose own prior agreement,
+        worth ``prior_strength`` samples, has its lower bound at the target. Every item answered
+        below it has at least that prior agreement, whatever the mix of scores."""
+        if not self.has_prior:
+            return 0.0
+        assert self.prior is not None
+        grid = np.linspace(0.0, 1.0, 1001)
+        p0 = np.asarray(self.prior(grid), dtype=np.float64)
+        m = self.prior_strength
+        z, t = self.z, self.target
+        ok = [g for g, p in zip(grid, p0, strict=True) if wilson_lower(m * p, m, z) >= t]
+        return float(max(ok)) if ok else 0.0
+
     def refit(self, score: Callable[[np.ndarray], np.ndarray]) -> float:
-        """Largest threshold whose lower-bound agreement meets the target (0: answer none)."""
-        if len(self.samples) < self.min_samples:
-            self.threshold, self.answer_share = 0.0, 0.0
+        """Largest threshold whose lower-bound agreement meets the target (0: answer none).
+
+        With a prior, the bound is a posterior's from the first sample on: each cut's explored
+        items count with ``prior_strength`` pseudo-samples at their mean prior agreement, so
+        the level's own samples take over as they come; before any, the prior alone sets the
+        threshold. Without one, a level answers nothing until it has ``min_samples``."""
+        m = self.prior_strength if self.has_prior else 0.0
+        if not self.samples or (not m and len(self.samples) < self.min_samples):
+            self.threshold = self.prior_threshold()
+            self.answer_share = 1.0 if self.threshold > 0 else 0.0  # nothing seen to say less
             return self.threshold
         self._fit(score)
         order = np.argsort(self._scores, kind="stable")
         scores = self._scores[order]
         cum = np.cumsum(self._p_agree[order])
+        if m:
+            assert self.prior is not None
+            p0 = np.asarray(self.prior(np.where(np.isfinite(scores), scores, 1.0)), np.float64)
+            prior_mean = np.cumsum(p0) / np.arange(1, len(scores) + 1)
         best = 0.0
         for i in range(len(scores)):
             # items 0..i answered: threshold just above scores[i]
             if i + 1 < len(scores) and scores[i + 1] == scores[i]:
                 continue
-            if wilson_lower(cum[i], i + 1, self.z) >= self.target:
+            agree, n = cum[i], i + 1.0
+            if m:
+                agree, n = agree + m * prior_mean[i], n + m
+            if wilson_lower(agree, n, self.z) >= self.target:
                 nxt = scores[i + 1] if i + 1 < len(scores) else scores[i] + 1e-6
                 best = float((scores[i] + nxt) / 2)
+        if m and scores[0] >= (prior_cut := self.prior_threshold()) > best:
+            best = prior_cut  # no explored item answered yet: the prior alone still holds
         self.threshold = best
-        self.answer_share = float((self._scores < best).mean()) if len(self._scores) else 0.0
+        self.answer_share = float((self._scores < best).mean())
         return best
 
     def rescore(self, score: Callable[[np.ndarray], np.ndarray]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.base import Decision, Features, Policy, check_unit, register
+from policies.base import Decision, Features, Policy, check_number, check_unit, register
 
 
 @register("threshold")
@@ -23,9 +23,19 @@ class ThresholdPolicy(Policy):
         beta: float | None = None,
         explore_floor: float | None = None,
         warmup: int = 0,
+        prior: float = 0.0,
+        explore_need: int = 0,
     ) -> None:
         self.threshold = self.check_param("threshold", threshold)
         super().__init__(target_agreement, beta, explore_floor, warmup)
+        if self.op is not None and explore_need > 0:
+            self.explorer.need = int(explore_need)
+        if self.op is not None and prior > 0:
+            # the level's confidence as its own calibration: P(agree | score) = 1 - score,
+            # worth ``prior`` explored samples until the task's own samples outweigh it
+            self.op.prior_strength = check_number("prior", prior)
+            self.op.prior = lambda s: 1.0 - s
+            self.op.refit(self.score_batch)
 
     def check_param(self, name: str, value: float) -> float:
         return check_unit(name, value)

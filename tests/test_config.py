@@ -239,6 +239,18 @@ CASES = {
         "tasks.sentiment.levels.0",
         ["level 'logistic' (logistic)", "unknown setting 'probe'", "n_features"],
     ),
+    "negative prior": (
+        "backend: small, cost: 0.1}",
+        "backend: small, cost: 0.1, policy: {target_agreement: 0.9, prior: -1}}",
+        "tasks.sentiment.levels.1.policy",
+        ["prior", "greater than or equal to 0"],
+    ),
+    "explore_need not a whole number": (
+        "backend: small, cost: 0.1}",
+        "backend: small, cost: 0.1, policy: {target_agreement: 0.9, explore_need: 2.5}}",
+        "tasks.sentiment.levels.1.policy",
+        ["explore_need", "integer"],
+    ),
     "stack naming a later level": (
         "backend: small, cost: 0.1}",
         "backend: small, cost: 0.1, params: {stack: [large]}}",

@@ -85,6 +85,42 @@ def test_operating_point_needs_explored_samples() -> None:
     assert answer_share(p) > 0.0
 
 
+def test_a_prior_answers_the_confident_items_before_any_sample() -> None:
+    """issue 25: with ``prior`` the level's own confidence stands in for explored samples, so
+    a new task's level answers its surest items at once; its own samples then take over."""
+    p = ThresholdPolicy(target_agreement=0.9, prior=10)
+    assert not p.cannot_answer
+    assert not p.decide(conf(0.99)).defer  # sure enough by its own account
+    assert p.decide(conf(0.8)).defer  # a prior of 0.8 cannot show 0.9
+    cut = p.operating_threshold
+    assert 0.9 < cut < 1.0
+    for _ in range(3):  # the level turns out to disagree where it is surest
+        for c in GRID:
+            p.update(conf(c), wrong=c > 0.9, explored=True)
+    assert p.decide(conf(0.99)).defer  # the samples outweigh the prior
+    q = ThresholdPolicy(target_agreement=0.9, prior=10)
+    for _ in range(3):  # and where it agrees everywhere, it answers more than the prior did
+        for c in GRID:
+            q.update(conf(c), wrong=False, explored=True)
+    assert q.operating_threshold < cut and not q.decide(conf(0.6)).defer
+
+
+def test_explore_need_stops_exploring_once_the_estimate_has_its_samples() -> None:
+    """issue 25: exploration sized by what the estimate still needs, not by a fixed decay."""
+    p = ThresholdPolicy(target_agreement=0.9, explore_need=20)
+    assert p.explore_probability == 1.0
+    for _ in range(10):
+        p.update(conf(0.95), wrong=False, explored=True)
+    assert p.explore_probability == pytest.approx(0.5)
+    for _ in range(10):
+        p.update(conf(0.95), wrong=False, explored=True)
+    assert p.explore_probability == TARGET_FLOOR
+    decayed = ThresholdPolicy(target_agreement=0.9)  # the default: beta^k in items decided
+    for _ in range(20):
+        decayed.update(conf(0.95), wrong=False, explored=True)
+    assert decayed.explore_probability == pytest.approx(0.99**20)
+
+
 def test_operating_point_follows_agreement() -> None:
     high = fed(0.9, lambda c: True)  # the level always agrees with the large LM
     low = fed(0.9, lambda c: False)  # never
