@@ -64,6 +64,21 @@ async def test_models_run_below_the_serving_thread(
     assert nices[ran_in[0]] == base + NICE  # the model's thread is lowered
 
 
+def test_a_model_run_in_the_main_thread_never_lowers_it(shared_backends: dict) -> None:
+    """Tests, scripts and a synchronous caller run models in the main thread, which is the
+    serving thread in the gateway: it must keep its priority."""
+    from cascade.backends import base as backend_base
+
+    before = backend_base._model_nice
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    backend_base.set_model_nice(5)
+    try:
+        shared_backends["small"].generate([{"role": "user", "content": "Say hi."}], 2)
+    finally:
+        backend_base.set_model_nice(before)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+
+
 async def test_model_nice_zero_leaves_threads_alone() -> None:
     from cascade.backends import base as backend_base
     from cascade.backends.base import model_thread, set_model_nice

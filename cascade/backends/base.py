@@ -29,6 +29,8 @@ def model_thread() -> None:
     main thread, once per thread (a no-op where the OS refuses or has no per-thread priority)."""
     if not _model_nice or getattr(_niced, "done", 0) >= _model_nice:
         return
+    if threading.current_thread() is threading.main_thread():
+        return  # the thread that serves requests (or a script's only thread) keeps its place
     _niced.done = _model_nice
     with contextlib.suppress(OSError, AttributeError):
         base = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the main thread's, on Linux
