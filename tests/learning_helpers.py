@@ -45,6 +45,19 @@ def stream(n: int, start: int = 0) -> list[tuple[str, str]]:
     return out
 
 
+def sentiment_task(levels: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``sentiment`` classify task (labels and prompt) over ``levels``."""
+    return {
+        "kind": "classify",
+        "labels": ["positive", "negative"],
+        "prompt": {
+            "system": "You are a sentiment classifier for movie reviews.",
+            "user": "Review: {input}\n\nIs this review positive or negative? Answer with one word.",
+        },
+        "levels": levels,
+    }
+
+
 def learn_config(
     path: Path,
     large_url: str,
@@ -68,15 +81,8 @@ def learn_config(
         "defaults": {"request_timeout_s": 120, "max_input_bytes": 2048},
         "tasks": tasks
         or {
-            TASK: {
-                "kind": "classify",
-                "labels": ["positive", "negative"],
-                "prompt": {
-                    "system": "You are a sentiment classifier for movie reviews.",
-                    "user": "Review: {input}\n\nIs this review positive or negative? "
-                    "Answer with one word.",
-                },
-                "levels": [
+            TASK: sentiment_task(
+                [
                     {
                         "name": "logistic",
                         "kind": "logistic",
@@ -85,8 +91,8 @@ def learn_config(
                         "policy": policy or {"kind": "threshold", "threshold": 0.9},
                     },
                     {"name": "large", "kind": "openai", "backend": "large", "cost": 1.0},
-                ],
-            }
+                ]
+            )
         },
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,20 +14,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from cascade.llm_server import LocalLLMServer
-from tests.learning_helpers import TASK, ask, gw, learn_config, learning_app, stream
+from tests.learning_helpers import (
+    TASK,
+    ask,
+    gw,
+    learn_config,
+    learning_app,
+    sentiment_task,
+    stream,
+)
 
 
 def tasks() -> dict:
     return {
-        TASK: {
-            "kind": "classify",
-            "labels": ["positive", "negative"],
-            "prompt": {
-                "system": "You are a sentiment classifier for movie reviews.",
-                "user": "Review: {input}\n\nIs this review positive or negative? "
-                "Answer with one word.",
-            },
-            "levels": [
+        TASK: sentiment_task(
+            [
                 {  # young: no samples, so it cannot answer; no exploration coin of its own
                     "name": "logistic",
                     "kind": "logistic",
@@ -47,8 +48,8 @@ def tasks() -> dict:
                     "policy": {"kind": "threshold", "threshold": 0.0},
                 },
                 {"name": "large", "kind": "openai", "backend": "large", "cost": 1.0},
-            ],
-        }
+            ]
+        )
     }
 
 
