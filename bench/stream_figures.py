@@ -25,8 +25,8 @@ def summarise(
     """One run's figures; ``llm_labels`` None (the large LM's label for every item is not
     known, as over HTTP) leaves agreement out."""
     n = len(results)
-    truth = [it.label for it in stream.items]
-    acc = np.mean([r.label == t for r, t in zip(results, truth, strict=True)])
+    right = [r.label == it.label for r, it in zip(results, stream.items, strict=True)]
+    acc = np.mean(right)
     agree = None
     if llm_labels is not None:
         same = [r.label == g for r, g in zip(results, llm_labels, strict=True)]
@@ -52,10 +52,8 @@ def summarise(
         degraded=sum(r.degraded for r in results),
         errors=sum(r.error is not None for r in results),
         share_by_tenth=by_window([r.llm_called for r in results], 10),
-        accuracy_by_tenth=by_window(
-            [r.label == t for r, t in zip(results, truth, strict=True)], 10
-        ),
-        early=early_figures(results, truth),
+        accuracy_by_tenth=by_window(right, 10),
+        early=early_figures(results, right),
         saving_positive_from=saving_positive_from([r.cost for r in results]),
     )
     return row
@@ -64,17 +62,17 @@ def summarise(
 EARLY_WINDOWS = (100, 150, 300, 1000)
 
 
-def early_figures(results: list[ItemResult], truth: list[str | None]) -> dict[str, dict]:
-    """Accuracy, large-LM share and cost ratio over the stream's first N items: what a user
-    who has just added a task pays and gets, before the long-run figures apply."""
+def early_figures(results: list[ItemResult], right: list[bool]) -> dict[str, dict]:
+    """Accuracy, large-LM share and cost ratio over the stream's first N items (``right``:
+    whether each answer was correct): what a user who has just added a task pays and gets,
+    before the long-run figures apply."""
     out: dict[str, dict] = {}
     for n in EARLY_WINDOWS:
         if len(results) < n:
             continue
         head = results[:n]
-        right = [r.label == t for r, t in zip(head, truth[:n], strict=True)]
         out[str(n)] = {
-            "accuracy": round(float(np.mean(right)), 4),
+            "accuracy": round(float(np.mean(right[:n])), 4),
             "llm_share": round(float(np.mean([r.llm_called for r in head])), 4),
             "cost_ratio": round(sum(r.cost for r in head) / n, 4),
         }

