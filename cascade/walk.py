@@ -41,16 +41,15 @@ class Walk:
     exploring: bool = False
     explore_p: float = 0.0  # the coin's probability for this request
     sampled: set[str] = field(default_factory=set)  # levels run as their learning sample
+    answer: LevelOutput | None = None
+    large_failed: str | None = None
+    too_long: str | None = None  # the large LM said the prompt does not fit its context
+    skip_next: bool = False
 
     def explores(self, level: str) -> bool:
         """Whether ``level``'s answer must go on to the large LM: the request's coin, or the
         level's own learning sample (which explores that level only)."""
         return self.exploring or level in self.sampled
-
-    answer: LevelOutput | None = None
-    large_failed: str | None = None
-    too_long: str | None = None  # the large LM said the prompt does not fit its context
-    skip_next: bool = False
 
 
 async def walk_cheap_levels(walk: Walk) -> None:

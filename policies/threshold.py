@@ -30,10 +30,11 @@ class ThresholdPolicy(Policy):
         super().__init__(target_agreement, beta, explore_floor, warmup)
         if self.op is not None and explore_need > 0:
             self.explorer.need = int(explore_need)
+        prior = check_number("prior", prior)
         if self.op is not None and prior > 0:
             # the level's confidence as its own calibration: P(agree | score) = 1 - score,
             # worth ``prior`` explored samples until the task's own samples outweigh it
-            self.op.prior_strength = check_number("prior", prior)
+            self.op.prior_strength = prior
             self.op.prior = lambda s: 1.0 - s
             self.op.refit(self.score_batch)
 

@@ -212,8 +212,11 @@ class RedisStore(Store):
             else:
                 self.breaker.succeed()
 
-        task = asyncio.ensure_future(probe())
-        self._background.add(task)  # held until done, as the hedged reads are
+        self._hold(asyncio.ensure_future(probe()))
+
+    def _hold(self, task: asyncio.Future[Any]) -> None:
+        """Keep a reference to a call left running in the background until it is done."""
+        self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ cache and records
@@ -237,8 +240,7 @@ class RedisStore(Store):
             task = asyncio.ensure_future(call)
             done, _ = await asyncio.wait({task}, timeout=self.hedge_s)
             if not done:
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._hold(task)
                 return local
             call = task
         ok, raws = await call
