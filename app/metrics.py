@@ -62,6 +62,18 @@ class Metrics:
         self.llm_calls = Counter(
             "cascade_llm_calls_total", "Calls of the large LM", ["task"], registry=r
         )
+        self.semantic_hits = Counter(
+            "cascade_semantic_hits_total",
+            "Requests answered with a similar request's cached large-LM answer",
+            ["task"],
+            registry=r,
+        )
+        self.semantic_verified = Counter(
+            "cascade_semantic_verified_total",
+            "Would-be semantic hits checked against the large LM, by whether they agreed",
+            ["task", "agreed"],
+            registry=r,
+        )
         self.llm_latency = Histogram(
             "cascade_llm_latency_seconds",
             "Large-LM call latency",
@@ -145,6 +157,8 @@ class Metrics:
         self.overhead.observe(o.overhead_ms / 1000)  # a cache hit is all overhead
         if o.cached:
             self._child(self.cache_hits, o.task).inc()
+            if o.cache == "semantic":
+                self._child(self.semantic_hits, o.task).inc()
         else:
             self._child(self.cache_misses, o.task).inc()
         for t in o.levels:
@@ -158,6 +172,9 @@ class Metrics:
                 self._child(self.level_latency, o.task, t.name).observe(t.latency_ms / 1000)
         if c.get(TaskStat.LLM_CALLS):
             self._child(self.llm_calls, o.task).inc()
+        if c.get(TaskStat.SEM_VERIFIED):
+            agreed = "true" if c.get(TaskStat.SEM_VERIFIED_AGREE) else "false"
+            self._child(self.semantic_verified, o.task, agreed).inc()
             large = next((t for t in reversed(o.levels)), None)
             if large is not None and large.error is None:
                 self._child(self.llm_latency, o.task).observe(large.latency_ms / 1000)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
@@ -65,6 +65,12 @@ class GenerateResponse(BaseModel):
     level: str = Field(description="the level that answered")
     levels: list[LevelTraceOut] = Field(description="every level tried, in order")
     cached: bool
+    cache: Literal["exact", "semantic"] | None = Field(
+        None, description="which cache answered: the same request, or a similar one's answer"
+    )
+    similarity: float | None = Field(
+        None, description="a semantic hit: cosine similarity to the request it answered"
+    )
     cost: float = Field(description="relative cost units from the configuration")
     degraded: bool = Field(description="the large LM failed; a cheaper level's answer was used")
     version: int = Field(description="learned version of the task's levels and policies")

@@ -14,9 +14,22 @@ def overhead_ms(request: Request, model_ms: float) -> float:
     return max(0.0, (time.perf_counter() - t0) * 1000 - model_ms)
 
 
-def cascade_headers(level: str, cached: bool, overhead: float) -> dict[str, str]:
-    return {
+def cascade_headers(
+    level: str,
+    cached: bool,
+    overhead: float,
+    cache: str | None = None,
+    similarity: float | None = None,
+) -> dict[str, str]:
+    """``x-cascade-cache`` says which cache answered (exact or semantic); a semantic hit also
+    says how similar the request it answered was."""
+    out = {
         "x-cascade-level": level,
         "x-cascade-cached": "true" if cached else "false",
         "x-cascade-overhead-ms": f"{overhead:.3f}",
     }
+    if cache is not None:
+        out["x-cascade-cache"] = cache
+    if similarity is not None:
+        out["x-cascade-similarity"] = f"{similarity:.4f}"
+    return out

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cascade.level_settings import LevelSettings, LocalLMSettings, OpenAISettings, parse_settings
+from cascade.semantic_settings import SemanticCacheConfig
 
 
 def _default_config() -> Path:
@@ -200,6 +201,7 @@ class TaskConfig(_Strict):
     levels: list[LevelConfig] = Field(min_length=1)
     cache_ttl_s: int = Field(86_400, ge=0)
     shared_cache: bool = False
+    semantic_cache: SemanticCacheConfig | None = None
     quality: QualityConfig = QualityConfig(measure="token_f1", threshold=0.5)
 
     @model_validator(mode="after")
@@ -318,6 +320,12 @@ class Config(_Strict):
             qb = task.quality.backend
             if qb is not None and getattr(self.backends.get(qb), "kind", None) != "encoder":
                 raise ValueError(f"tasks.{tname}.quality.backend: {qb!r} is not an encoder backend")
+            sc = task.semantic_cache
+            if sc and getattr(self.backends.get(sc.encoder), "kind", None) != "encoder":
+                raise ValueError(
+                    f"tasks.{tname}.semantic_cache.encoder: {sc.encoder!r} is not an encoder "
+                    "backend"
+                )
             for lv in task.levels:
                 emb = getattr(lv.params, "embed", None)
                 if emb is not None and getattr(self.backends.get(str(emb)), "kind", None) != (

@@ -28,6 +28,10 @@ class TaskStat(StrEnum):
     FUSED = "fused"
     FUSED_CHANGED = "fused_changed"
     FEEDBACK = "feedback"
+    SEM_HITS = "semantic_hits"  # served a neighbour's cached answer
+    SEM_SAVED = "semantic_cost_saved"  # the large LM's cost, per semantic hit
+    SEM_VERIFIED = "semantic_verified"  # would-be hits run through the cascade to check
+    SEM_VERIFIED_AGREE = "semantic_verified_agree"  # ... whose neighbour's answer agreed
 
 
 class LevelStat(StrEnum):

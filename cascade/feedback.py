@@ -2,7 +2,8 @@
 
 It outranks the large LM's answer for the same item: the learner applies it with a higher
 weight (and after the LLM's, so it has the last word), and the request's cached outcome is
-replaced so the same request is answered correctly from now on.
+replaced so the same request is answered correctly from now on; with a semantic cache, the
+correction is an entry of the tenant's own partition, which no other tenant searches.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from cascade.counters import TaskStat
 from cascade.demos import build_demo
 from cascade.levels.base import LevelOutput
 from cascade.runner import Cascade
+from cascade.semantic import correct_semantic
 
 
 class FeedbackError(ValueError):
@@ -60,10 +62,16 @@ async def submit_feedback(
     )
     await cascade.store.append_demo(rt.name, demo)
     cascade.store.count(rt.name, {TaskStat.FEEDBACK: 1})
-    if record.get("cache_key"):
+    # a task that shares its cache across keys keeps one tenant's correction out of what the
+    # others are served: the shared entries hold the large LM's answers only
+    shared = rt.config.shared_cache and tenant is not None
+    if record.get("cache_key") and not shared:
         await cascade.store.cache_set(
             record["cache_key"],
             {"output": text, "label": label, "level": "feedback"},
             rt.config.cache_ttl_s,
         )
+    sem_record = record.get("semantic")
+    if rt.semantic is not None and isinstance(sem_record, dict):
+        await correct_semantic(cascade.store, rt.semantic, sem_record, text, label)
     return rt.name

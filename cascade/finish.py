@@ -17,6 +17,7 @@ from cascade.fuse import fuse, fused_logprobs
 from cascade.levels import LevelOutput
 from cascade.outcome import CascadeUnavailableError, Outcome, PromptTooLongError
 from cascade.runtime import features_of
+from cascade.semantic import record_of, semantic_after
 from cascade.store.base import Store
 from cascade.walk import Walk, count_agreement
 
@@ -194,13 +195,19 @@ async def remember(
                 "tenant": walk.tenant,
                 "version": walk.version,
                 "cache_key": key,
+                "semantic": record_of(walk.semantic),
                 "levels": records,
                 "answer": {"level": answer.name, "label": served.label, "output": served.text},
             },
             request_ttl_s,
         )
     )
-    await asyncio.gather(*writes)  # concurrent round trips, not one after the other
+    learn_semantic = use_cache and by_large and not outcome.degraded
+    if learn_semantic:
+        writes.append(semantic_after(store, rt, walk.semantic, served, answer.name))
+    done = await asyncio.gather(*writes)  # concurrent round trips, not one after the other
+    if learn_semantic and done[-1]:
+        outcome.counters = {**outcome.counters, **done[-1]}  # the metrics see the check
     if by_large:
         demo = build_demo(
             rt.name,

@@ -85,6 +85,8 @@ class Outcome:
     tokens: list[str] | None = None
     top_logprobs: list[dict[str, float]] | None = None
     counters: dict[str, float] = field(default_factory=dict)
+    cache: str | None = None  # which cache answered: "exact" or "semantic"
+    similarity: float | None = None  # a semantic hit's cosine to the neighbour it served
 
     @property
     def model_ms(self) -> float:
@@ -99,6 +101,8 @@ class Outcome:
             "level": self.level,
             "levels": [t.to_json() for t in self.levels],
             "cached": self.cached,
+            "cache": self.cache,
+            "similarity": None if self.similarity is None else round(self.similarity, 6),
             "cost": round(self.cost, 6),
             "degraded": self.degraded,
             "version": self.version,

@@ -33,6 +33,8 @@ from cascade.outcome import (
 )
 from cascade.prompts import Message, render_messages
 from cascade.runtime import TaskRuntime, build_policy, fingerprint, normalise_input
+from cascade.semantic import build_semantic, semantic_hit, semantic_lookup, semantic_sync
+from cascade.semcache import Lookup
 from cascade.store.base import Store
 from cascade.versions import load_state
 from cascade.walk import Walk, level_failed, record_level, try_level, walk_cheap_levels
@@ -78,6 +80,8 @@ class StreamEvent:
     cached: bool | None = None
     overhead_ms: float | None = None
     outcome: Outcome | None = None
+    cache: str | None = None  # which cache answered (first event of a hit)
+    similarity: float | None = None  # a semantic hit's cosine
 
 
 class Cascade:
@@ -95,7 +99,12 @@ class Cascade:
                 for i, level_cfg in enumerate(task_cfg.levels)
             ]
             self.tasks[name] = TaskRuntime(
-                name, task_cfg, levels, policies, fingerprint(config, task_cfg)
+                name,
+                task_cfg,
+                levels,
+                policies,
+                fingerprint(config, task_cfg),
+                semantic=build_semantic(name, task_cfg, pool),
             )
         self.request_ttl_s = 86_400
         self.observers: list[Observer] = []
@@ -150,7 +159,21 @@ class Cascade:
                 rt.apply(state, latest)
                 loaded[name] = latest
         await self.sync_traffic()
+        await self.sync_semantic()
         return loaded
+
+    async def sync_semantic(self) -> None:
+        """Index the semantic-cache entries every gateway appended since the last sync, and
+        adopt the gates' shared evidence."""
+        for name, rt in self.tasks.items():
+            if rt.semantic is None:
+                continue
+            try:
+                await semantic_sync(self.store, rt.semantic)
+                rt.semantic.load_shared(await self.store.read_counters(name))
+            except Exception as e:  # the store is down: serve from what is indexed
+                self.store.errors += 1
+                log.debug("semantic sync failed: %s", e)
 
     async def sync_traffic(self) -> None:
         """Policies whose exploration decays with traffic count every gateway's: the shared
@@ -238,6 +261,7 @@ class Cascade:
             overhead_ms=total,
             total_ms=total,
             counters=deltas,
+            cache="exact",
         )
         self._observe(out)
         return out
@@ -248,15 +272,24 @@ class Cascade:
         rt, q, keys = self._start(task, text, ask)
         if ask.use_cache and (hit := await self._cached(rt, keys, t0)) is not None:
             return hit
+        look = await semantic_lookup(rt, q, ask.tenant, ask.messages) if ask.use_cache else None
+        if look is not None and look.decision.serve:
+            return self._semantic_hit(rt, look, t0)
         await self._admit(rt)
         try:
             walk = self._walk(rt, q, keys, ask)
+            walk.semantic = look
             await walk_cheap_levels(walk)
             if walk.answer is None:
                 await try_level(walk, len(rt.levels) - 1)
             return await self._finish(walk, t0, ask.use_cache)
         finally:
             self.admission.leave()
+
+    def _semantic_hit(self, rt: TaskRuntime, look: Lookup, t0: float) -> Outcome:
+        out = semantic_hit(self.store, rt, look, t0)
+        self._observe(out)
+        return out
 
     def _walk(self, rt: TaskRuntime, q: Query, keys: tuple[str, str], ask: Ask) -> Walk:
         cache_keys = keys if ask.use_cache else None
@@ -280,14 +313,27 @@ class Cascade:
         deferred on leaks to the client; the large LM's text streams as it is generated."""
         t0 = time.perf_counter()
         rt, q, keys = self._start(task, text, ask)
-        if ask.use_cache and (hit := await self._cached(rt, keys, t0)) is not None:
-            yield StreamEvent(level=hit.level, cached=True, overhead_ms=hit.overhead_ms)
+        hit = await self._cached(rt, keys, t0) if ask.use_cache else None
+        look = None
+        if hit is None and ask.use_cache:
+            look = await semantic_lookup(rt, q, ask.tenant, ask.messages)
+            if look is not None and look.decision.serve:
+                hit = self._semantic_hit(rt, look, t0)
+        if hit is not None:
+            yield StreamEvent(
+                level=hit.level,
+                cached=True,
+                overhead_ms=hit.overhead_ms,
+                cache=hit.cache,
+                similarity=hit.similarity,
+            )
             yield StreamEvent(delta=hit.output)
             yield StreamEvent(outcome=hit)
             return
         await self._admit(rt)
         try:
             walk = self._walk(rt, q, keys, ask)
+            walk.semantic = look
             async for ev in self._stream_walk(walk, t0, ask.use_cache):
                 yield ev
         finally:

@@ -15,6 +15,7 @@ import numpy as np
 
 from cascade.config import Config, LevelConfig, TaskConfig
 from cascade.levels import Level, LevelOutput
+from cascade.semcache import SemanticCache
 from cascade.versions import TaskState
 from policies import Features, Policy, make_policy
 
@@ -31,6 +32,7 @@ class TaskRuntime:
     settings_revision: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     rng: random.Random = field(default_factory=lambda: random.Random(0))  # exploration coin
+    semantic: SemanticCache | None = None  # near-repeats answered from cached answers
 
     @property
     def large(self) -> Level:

@@ -81,7 +81,23 @@ def task_stats(c: dict[str, float], level_names: list[str]) -> dict[str, Any]:
         # the fusion changed
         "fused": int(c.get(TaskStat.FUSED, 0.0)),
         "fused_changed": int(c.get(TaskStat.FUSED_CHANGED, 0.0)),
+        "semantic_cache": semantic_stats(c, requests),
         "levels": {name: level_stats(c, name) for name in level_names},
+    }
+
+
+def semantic_stats(c: dict[str, float], requests: float) -> dict[str, Any]:
+    """Semantic hits, and their agreement with the large LM as the verification sample (a
+    uniform draw of would-be hits, checked by running the cascade) measures it."""
+    hits = c.get(TaskStat.SEM_HITS, 0.0)
+    n, agree = c.get(TaskStat.SEM_VERIFIED, 0.0), c.get(TaskStat.SEM_VERIFIED_AGREE, 0.0)
+    return {
+        "hits": int(hits),
+        "hit_rate": _r(hits / requests) if requests else None,
+        "cost_saved": _r(c.get(TaskStat.SEM_SAVED, 0.0), 6),
+        "verified": int(n),
+        "verified_agreement": _r(agree / n) if n else None,
+        "verified_agreement_ci95": [_r(x) for x in ci] if (ci := wilson(agree, n)) else None,
     }
 
 
@@ -97,6 +113,7 @@ def series_point(ts: int, c: dict[str, float], level_names: list[str]) -> dict[s
         "t": ts,
         "requests": int(requests),
         "cache_hit_rate": rate(c.get(TaskStat.CACHE_HITS, 0.0), requests),
+        "semantic_hit_rate": rate(c.get(TaskStat.SEM_HITS, 0.0), requests),
         "large_llm_share": rate(c.get(TaskStat.LLM_CALLS, 0.0), requests),
         "cost_saved_rate": rate(llm_only - c.get(TaskStat.COST, 0.0), llm_only),
         "deferral_rate": {

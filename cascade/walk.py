@@ -17,6 +17,7 @@ from cascade.counters import LevelStat, TaskStat, level_key
 from cascade.levels import LevelOutput, Query
 from cascade.outcome import LevelTrace
 from cascade.runtime import TaskRuntime, features_of
+from cascade.semcache import Lookup
 from policies import Decision, Policy
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Walk:
     large_failed: str | None = None
     too_long: str | None = None  # the large LM said the prompt does not fit its context
     skip_next: bool = False
+    semantic: Lookup | None = None  # the semantic cache's lookup (a miss, or a verification)
 
     def explores(self, level: str) -> bool:
         """Whether ``level``'s answer must go on to the large LM: the request's coin, or the
@@ -54,6 +56,8 @@ class Walk:
 
 async def walk_cheap_levels(walk: Walk) -> None:
     walk.deltas = {TaskStat.REQUESTS: 1, TaskStat.COST_LLM_ONLY: walk.rt.large.cost}
+    if walk.semantic is not None and walk.semantic.decision.verify:
+        return  # a semantic hit's check: the large LM's own answer is the reference
     # one exploration coin per request: an explored item runs every level, and goes on to
     # the large LM whatever they say, so each level sees a uniform sample of its traffic
     want = max((pol.explore_probability for pol in walk.rt.policies if pol is not None), default=0)

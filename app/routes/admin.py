@@ -63,6 +63,10 @@ async def stats(
             if "policy" in entry:
                 t["levels"][entry["name"]]["policy"] = entry["policy"]
         t["learner_lag"] = await _read(gw.store.demo_lag(name))
+        if rt.semantic is not None:  # the gate's live state: every gateway's evidence
+            t["semantic_cache"]["gate"] = rt.semantic.report()
+        else:
+            t["semantic_cache"] = None
         out["tasks"][name] = t
     out["demonstrations_buffered"] = gw.store.demos_buffered
     out["demonstrations_dropped"] = gw.store.demos_dropped

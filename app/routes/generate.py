@@ -36,6 +36,7 @@ async def generate(body: GenerateRequest, request: Request) -> JSONResponse:
     overhead = overhead_ms(request, outcome.model_ms)
     # a JSONResponse skips re-validating our own output against the response model (the
     # model still documents the API); on the cache-hit path that validation is most of the time
-    return JSONResponse(
-        outcome.to_json(), headers=cascade_headers(outcome.level, outcome.cached, overhead)
+    headers = cascade_headers(
+        outcome.level, outcome.cached, overhead, outcome.cache, outcome.similarity
     )
+    return JSONResponse(outcome.to_json(), headers=headers)

@@ -86,7 +86,8 @@ async def chat_completions(
     created = int(time.time())
     if not body.stream:
         o = await gw.cascade.run(task, text, ask)
-        for k, v in cascade_headers(o.level, o.cached, overhead_ms(request, o.model_ms)).items():
+        over = overhead_ms(request, o.model_ms)
+        for k, v in cascade_headers(o.level, o.cached, over, o.cache, o.similarity).items():
             response.headers[k] = v
         return {
             "id": f"chatcmpl-{o.request_id}",
@@ -106,7 +107,13 @@ async def chat_completions(
 
     events = gw.cascade.stream(task, text, ask)
     first = await anext(events)  # errors before the first byte become normal HTTP errors
-    headers = cascade_headers(first.level or "", bool(first.cached), first.overhead_ms or 0.0)
+    headers = cascade_headers(
+        first.level or "",
+        bool(first.cached),
+        first.overhead_ms or 0.0,
+        first.cache,
+        first.similarity,
+    )
     cid = f"chatcmpl-{int(time.time() * 1000)}-{id(events) & 0xFFFF:x}"
 
     def chunk(

@@ -97,6 +97,23 @@ class Store(ABC):
     @abstractmethod
     async def cache_set(self, key: str, value: dict[str, Any], ttl_s: int) -> None: ...
 
+    # ------------------------------------------------------------------ semantic cache log
+
+    @abstractmethod
+    async def sem_append(
+        self, task: str, entry: dict[str, str], ttl_s: int, cap: int
+    ) -> str | None:
+        """Append a semantic-cache entry to the task's shared log, which keeps at most about
+        ``cap`` entries and none older than ``ttl_s``; its id, or None when the store is away
+        (the entry then stays this process's own)."""
+
+    @abstractmethod
+    async def sem_read(
+        self, task: str, after: str | None, count: int
+    ) -> list[tuple[str, dict[str, str]]] | None:
+        """Up to ``count`` entries after id ``after`` (None: from the oldest kept), oldest
+        first; None when the store is away. Every gateway feeds its index from this."""
+
     # ------------------------------------------------------------------ counters
 
     def count(self, task: str, deltas: dict[str, float], now: float | None = None) -> None:

@@ -48,6 +48,11 @@ def _seq(demo_id: str) -> int:
     return int(demo_id.split("-", 1)[1])
 
 
+def _sem_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class MemoryStore(Store):
     kind = "embedded"
 
@@ -66,6 +71,8 @@ class MemoryStore(Store):
         self._tables: dict[str, tuple[int, dict[str, dict[str, Any]]]] = {}
         self._rates: dict[tuple[str, int], int] = {}
         self._file_lock = asyncio.Lock()
+        self._sem: dict[str, list[tuple[str, float, dict[str, str]]]] = {}
+        self._sem_seq = 0
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "data_dir": str(self.data_dir)}
@@ -87,6 +94,33 @@ class MemoryStore(Store):
 
     async def get_record(self, key: str) -> dict[str, Any] | None:
         return self._records.get(key)
+
+    # ------------------------------------------------------------------ semantic cache log
+
+    async def sem_append(
+        self, task: str, entry: dict[str, str], ttl_s: int, cap: int
+    ) -> str | None:
+        log = self._sem.setdefault(task, [])
+        now = time.time()
+        self._sem_seq += 1
+        entry_id = f"{int(now * 1000)}-{self._sem_seq}"
+        log.append((entry_id, now, dict(entry)))
+        cut = 0
+        while cut < len(log) and (len(log) - cut > cap or log[cut][1] < now - ttl_s):
+            cut += 1
+        del log[:cut]
+        return entry_id
+
+    async def sem_read(
+        self, task: str, after: str | None, count: int
+    ) -> list[tuple[str, dict[str, str]]] | None:
+        log = self._sem.get(task, [])
+        start = 0
+        if after is not None:
+            key = _sem_order(after)
+            while start < len(log) and _sem_order(log[start][0]) <= key:
+                start += 1
+        return [(i, dict(e)) for i, _, e in log[start : start + count]]
 
     # ------------------------------------------------------------------ tables
 

@@ -266,6 +266,38 @@ class RedisStore(Store):
             return None
         return None if raw is None else json.loads(raw)
 
+    # ------------------------------------------------------------------ semantic cache log
+
+    async def sem_append(
+        self, task: str, entry: dict[str, str], ttl_s: int, cap: int
+    ) -> str | None:
+        """XADD with an approximate MAXLEN (the size cap) and an approximate MINID trim (the
+        TTL: stream ids are milliseconds), in one round trip."""
+        key = self.k("sem", task)
+        oldest = f"{int((time.time() - ttl_s) * 1000)}-0"
+
+        async def add() -> Any:
+            pipe = self.fast.pipeline(transaction=False)
+            pipe.xadd(key, dict(entry), maxlen=cap, approximate=True)
+            pipe.xtrim(key, minid=oldest, approximate=True)
+            return (await pipe.execute())[0]
+
+        raw = await self._fast(add)
+        return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    async def sem_read(
+        self, task: str, after: str | None, count: int
+    ) -> list[tuple[str, dict[str, str]]] | None:
+        start = "-" if after is None else f"({after}"
+        ok, rows = await self._try_fast(
+            lambda: self.fast.xrange(self.k("sem", task), min=start, count=count)
+        )
+        if not ok:
+            return None
+        return [
+            (i.decode(), {k.decode(): v.decode() for k, v in fields.items()}) for i, fields in rows
+        ]
+
     # ------------------------------------------------------------------ tables
 
     async def table_get(self, table: str, key: str) -> dict[str, Any] | None:

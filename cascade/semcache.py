@@ -1,0 +1,270 @@
+"""The semantic cache: a request worded like an earlier one gets the large LM's earlier answer.
+
+What is matched is the request as the model would see it. A *partition* holds everything that
+must be equal for an answer to carry over (the task and its configuration, generation settings
+that change the answer, the cache scope: the tenant unless the task shares its cache, and for a
+chat every turn before the last); the similarity is the cosine of sentence embeddings of the
+rest (the input text, or a chat's last message). A tenant's partition is searched with its own
+requests only, so a wrong answer one tenant taught through ``/feedback`` never reaches another.
+
+Entries are the large LM's answers (or a ``/feedback`` correction); a cheaper level's answer is
+never written here. They go to a log in the store (capped, aged out), and every gateway feeds
+its own approximate-nearest-neighbour index (usearch, HNSW) from that log in the background,
+so an answer cached by one replica is a hit on all of them within a poll interval; the lookup
+itself makes no round trip. Whether a neighbour's answer is served is the
+``policies.semantic.SimilarityGate``'s call.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from usearch.index import Index
+
+from cascade.quality import QualityMeasure
+from cascade.semantic_settings import SemanticCacheConfig
+from policies.semantic import GateDecision, SimilarityGate
+
+log = logging.getLogger(__name__)
+
+#: An entry this close to an older one in the same partition replaces it (a correction, or
+#: the large LM's newer answer to the same words).
+SAME_VECTOR = 0.9999
+
+#: Counter-name prefix of the gate's shared sums (the store's per-task counters).
+GATE_PREFIX = "semgate:"
+
+
+class Embedder(Protocol):
+    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray: ...
+
+
+@dataclass
+class Entry:
+    entry_id: str
+    part: str
+    vec: np.ndarray
+    output: str
+    label: str | None
+    level: str
+    expires: float  # epoch seconds
+
+
+@dataclass
+class Neighbour:
+    """The nearest live entry a request's partitions hold."""
+
+    entry: Entry
+    similarity: float
+
+
+@dataclass
+class Lookup:
+    """One request's semantic lookup, carried through its walk to be learned from."""
+
+    part: str  # where this request's own answer is written
+    parts: list[str]  # searched: the request's own partition, and the shared one for a tenant
+    vec: np.ndarray
+    neighbour: Neighbour | None
+    decision: GateDecision
+    lookup_ms: float = 0.0
+    own: str = ""  # this tenant's own partition: where its /feedback corrections go
+    text: str = ""  # what was embedded
+
+
+def encode_vec(vec: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(vec, dtype=np.float16).tobytes()).decode()
+
+
+def decode_vec(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.float16).astype(np.float32)
+
+
+def partition(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()[:32]
+
+
+class _Index:
+    """One partition's vectors in a usearch HNSW index, keyed by a local integer."""
+
+    def __init__(self, dim: int) -> None:
+        self.index = Index(ndim=dim, metric="cos", dtype="f32")
+        self.entries: dict[int, Entry] = {}
+
+    def add(self, key: int, entry: Entry) -> None:
+        self.index.add(key, entry.vec)
+        self.entries[key] = entry
+
+    def remove(self, key: int) -> None:
+        if self.entries.pop(key, None) is not None:
+            self.index.remove(key)
+
+    def nearest(self, vec: np.ndarray, k: int, now: float) -> Neighbour | None:
+        if not self.entries:
+            return None
+        found = self.index.search(vec, min(k, len(self.entries)))
+        for key, dist in zip(found.keys, found.distances, strict=True):
+            entry = self.entries.get(int(key))
+            if entry is not None and entry.expires > now:
+                return Neighbour(entry, float(1.0 - dist))
+        return None
+
+
+class SemanticCache:
+    """One task's semantic cache: the partitions' indexes, the gate, and the log cursor."""
+
+    def __init__(
+        self, task: str, cfg: SemanticCacheConfig, encoder: Embedder, ttl_s: int, seed: int = 0
+    ) -> None:
+        self.task = task
+        self.cfg = cfg
+        self.encoder = encoder
+        self.ttl_s = cfg.ttl_s or ttl_s
+        self.gate = SimilarityGate(
+            target=cfg.target_agreement,
+            floor=cfg.floor,
+            z=cfg.z,
+            min_samples=cfg.min_samples,
+            verify_share=cfg.verify_share,
+            fixed=cfg.fixed_threshold,
+        )
+        self._indexes: dict[str, _Index] = {}
+        self._order: deque[tuple[int, str]] = deque()  # (key, partition), oldest first
+        self._by_id: dict[str, tuple[int, str]] = {}
+        self._next_key = 0
+        self.cursor: str | None = None  # the last log entry this process has indexed
+        self.rng = np.random.default_rng(seed)
+        self.local_sums: dict[str, float] = {}  # this process's gate evidence, cumulative
+        self.quality: QualityMeasure | None = None  # a generate task's measure of agreement
+        self.shares_embedding = False  # the task's levels may reuse the request's embedding
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def report(self) -> dict[str, Any]:
+        """The gate's threshold and the agreement behind it, for ``/admin/stats``."""
+        g = self.gate.summary()
+        return {
+            "entries": len(self),
+            "target_agreement": None if self.gate.fixed is not None else self.gate.target,
+            "fixed_threshold": self.gate.fixed,
+            "threshold": g["threshold"],
+            "agreement_at_threshold": g["agreement"],
+            "agreement_ci95": None if g["low"] is None else [g["low"], g["high"]],
+            "comparisons": g["n"],
+            "verify_probability": self.gate.verify_probability(),
+        }
+
+    # ------------------------------------------------------------------ lookup
+
+    def embed(self, text: str) -> np.ndarray:
+        return np.asarray(self.encoder.embed([text])[0], dtype=np.float32)
+
+    def lookup(self, parts: list[str], vec: np.ndarray) -> Lookup:
+        """The nearest live neighbour in ``parts`` and the gate's decision on it."""
+        now = time.time()
+        best: Neighbour | None = None
+        for p in parts:
+            idx = self._indexes.get(p)
+            n = idx.nearest(vec, 4, now) if idx is not None else None
+            if n is not None and (best is None or n.similarity > best.similarity):
+                best = n
+        if best is None or best.similarity < self.gate.floor:
+            return Lookup(parts[0], parts, vec, best, GateDecision(False, False, 0.0))
+        decision = self.gate.decide(best.similarity, self.rng.random())
+        return Lookup(parts[0], parts, vec, best, decision)
+
+    # ------------------------------------------------------------------ entries
+
+    def entry_fields(
+        self, part: str, vec: np.ndarray, output: str, label: str | None, level: str
+    ) -> dict[str, str]:
+        return {
+            "p": part,
+            "v": encode_vec(vec),
+            "o": output,
+            "l": label or "",
+            "lv": level,
+            "x": f"{time.time() + self.ttl_s:.3f}",
+        }
+
+    def index(self, entry_id: str, fields: dict[str, str]) -> None:
+        """Add one log entry to this process's index (once; the oldest go past the cap)."""
+        if entry_id in self._by_id:
+            return
+        try:
+            entry = Entry(
+                entry_id,
+                fields["p"],
+                decode_vec(fields["v"]),
+                fields["o"],
+                fields.get("l") or None,
+                fields.get("lv", ""),
+                float(fields["x"]),
+            )
+        except (KeyError, ValueError) as e:  # a foreign or damaged entry: skip it
+            log.warning("semantic cache entry %s of %s skipped: %s", entry_id, self.task, e)
+            return
+        if entry.expires <= time.time():
+            return
+        idx = self._indexes.get(entry.part)
+        if idx is None:
+            idx = self._indexes[entry.part] = _Index(entry.vec.shape[0])
+        same = idx.nearest(entry.vec, 1, 0.0)
+        if same is not None and same.similarity >= SAME_VECTOR:  # the newer answer replaces it
+            self.forget(same.entry.entry_id)
+            idx = self._indexes.setdefault(entry.part, _Index(entry.vec.shape[0]))
+        key = self._next_key
+        self._next_key += 1
+        idx.add(key, entry)
+        self._order.append((key, entry.part))
+        self._by_id[entry_id] = (key, entry.part)
+        while len(self._order) > self.cfg.max_entries:
+            self._evict(*self._order.popleft())
+
+    def _evict(self, key: int, part: str) -> None:
+        idx = self._indexes.get(part)
+        if idx is None:
+            return
+        entry = idx.entries.get(key)
+        if entry is not None:
+            self._by_id.pop(entry.entry_id, None)
+        idx.remove(key)
+        if not idx.entries:
+            del self._indexes[part]
+
+    def forget(self, entry_id: str) -> None:
+        """Drop one entry (a correction replaced it)."""
+        where = self._by_id.get(entry_id)
+        if where is not None:
+            self._evict(*where)
+
+    # ------------------------------------------------------------------ the gate's evidence
+
+    def observe(self, similarity: float, agreed: bool, weight: float) -> dict[str, float]:
+        """A comparison: into the local gate at once, and as counter deltas for the store."""
+        self.gate.observe(similarity, agreed, weight)
+        deltas = {
+            GATE_PREFIX + k: v for k, v in self.gate.deltas(similarity, agreed, weight).items()
+        }
+        for k, v in deltas.items():
+            self.local_sums[k] = self.local_sums.get(k, 0.0) + v
+        return deltas
+
+    def load_shared(self, counters: dict[str, float]) -> None:
+        """Adopt every gateway's sums (the store's counters). They hold this process's own
+        once flushed; until then its own count is the larger, so each sum is the larger of
+        the two (``local_sums`` only grows, as the shared ones do)."""
+        shared = {
+            k[len(GATE_PREFIX) :]: v for k, v in counters.items() if k.startswith(GATE_PREFIX)
+        }
+        mine = {k[len(GATE_PREFIX) :]: v for k, v in self.local_sums.items()}
+        self.gate.load({k: max(shared.get(k, 0.0), mine.get(k, 0.0)) for k in shared.keys() | mine})
