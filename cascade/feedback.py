@@ -63,11 +63,13 @@ async def submit_feedback(
     await cascade.store.append_demo(rt.name, demo)
     cascade.store.count(rt.name, {TaskStat.FEEDBACK: 1})
     # a task that shares its cache across keys keeps one tenant's correction out of what the
-    # others are served: the shared entries hold the large LM's answers only
+    # others are served: the shared entries hold the large LM's answers only, and the
+    # correction goes to the tenant's own key, which its requests read first
     shared = rt.config.shared_cache and tenant is not None
-    if record.get("cache_key") and not shared:
+    key = record.get("own_cache_key") if shared else record.get("cache_key")
+    if key:
         await cascade.store.cache_set(
-            record["cache_key"],
+            key,
             {"output": text, "label": label, "level": "feedback"},
             rt.config.cache_ttl_s,
         )

@@ -195,6 +195,9 @@ async def remember(
                 "tenant": walk.tenant,
                 "version": walk.version,
                 "cache_key": key,
+                "own_cache_key": walk.cache_keys[2]
+                if walk.cache_keys and len(walk.cache_keys) > 2
+                else None,
                 "semantic": record_of(walk.semantic),
                 "levels": records,
                 "answer": {"level": answer.name, "label": served.label, "output": served.text},

@@ -215,7 +215,7 @@ class Cascade:
 
         return key(None), key(rt.version)
 
-    def _start(self, task: str, text: str, ask: Ask) -> tuple[TaskRuntime, Query, tuple[str, str]]:
+    def _start(self, task: str, text: str, ask: Ask) -> tuple[TaskRuntime, Query, tuple[str, ...]]:
         rt = self.task(task)
         limit = self.config.defaults.max_input_bytes
         size = len(text.encode("utf-8"))
@@ -234,11 +234,16 @@ class Cascade:
         )
         shared = rt.config.shared_cache or ask.tenant is None
         scope = "shared" if shared else f"tenant:{ask.tenant}"
-        keys = self.cache_keys(rt, text, max_tokens, ask.temperature, scope)
+        keys: tuple[str, ...] = self.cache_keys(rt, text, max_tokens, ask.temperature, scope)
+        if rt.config.shared_cache and ask.tenant is not None:
+            # where this tenant's /feedback corrections go: ahead of the shared answers, for it
+            own = self.cache_keys(rt, text, max_tokens, ask.temperature, f"tenant:{ask.tenant}")
+            keys = (*keys, own[0])
         return rt, q, keys
 
-    async def _cached(self, rt: TaskRuntime, keys: tuple[str, str], t0: float) -> Outcome | None:
-        hit = next((h for h in await self.store.cache_get_many(list(keys)) if h), None)
+    async def _cached(self, rt: TaskRuntime, keys: tuple[str, ...], t0: float) -> Outcome | None:
+        order = [*keys[2:], *keys[:2]]  # a tenant's own correction first
+        hit = next((h for h in await self.store.cache_get_many(order) if h), None)
         if hit is None:
             return None
         deltas = {
@@ -291,7 +296,7 @@ class Cascade:
         self._observe(out)
         return out
 
-    def _walk(self, rt: TaskRuntime, q: Query, keys: tuple[str, str], ask: Ask) -> Walk:
+    def _walk(self, rt: TaskRuntime, q: Query, keys: tuple[str, ...], ask: Ask) -> Walk:
         cache_keys = keys if ask.use_cache else None
         return Walk(rt, q, uuid.uuid4().hex, ask.tenant, cache_keys, rt.version)
 

@@ -157,15 +157,15 @@ async def semantic_after(
     agreed = False
     if n is not None and n.similarity >= sem.gate.floor:
         agreed = await anyio.to_thread.run_sync(agrees, sem, rt.config.kind, look, served)
-        verify = look.decision.verify
-        deltas = sem.observe(n.similarity, agreed, 1.0 / look.decision.p if verify else 1.0)
-        if verify:
+        deltas = sem.observe(n, agreed)
+        if look.decision.verify:
             deltas[TaskStat.SEM_VERIFIED] = 1
             deltas[TaskStat.SEM_VERIFIED_AGREE] = float(agreed)
         store.count(rt.name, deltas)
     if n is not None and n.similarity >= SAME and agreed and n.entry.part == look.part:
         return deltas
-    fields = sem.entry_fields(look.part, look.vec, served.text, served.label, source)
+    record = served.confidence if rt.config.kind == "classify" else None
+    fields = sem.entry_fields(look.part, look.vec, served.text, served.label, source, record)
     await keep_entry(store, sem, fields)
     return deltas
 
@@ -189,7 +189,7 @@ async def correct_semantic(
     except Exception as e:
         log.warning("semantic correction of %s skipped: %s", sem.task, e)
         return
-    await keep_entry(store, sem, sem.entry_fields(part, vec, output, label, "feedback"))
+    await keep_entry(store, sem, sem.entry_fields(part, vec, output, label, "feedback", 1.0))
 
 
 def record_of(look: Lookup | None) -> dict[str, Any] | None:

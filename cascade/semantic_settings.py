@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -28,7 +30,12 @@ class SemanticCacheConfig(BaseModel):
     verify_share: float = Field(
         0.05, ge=0.0, le=1.0, description="least share of would-be hits checked by the cascade"
     )
-    min_samples: float = Field(50.0, ge=1.0, description="comparisons before any hit is served")
+    min_samples: int = Field(50, ge=1, description="comparisons before any hit is served")
+    record_bands: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
+        [0.6, 0.75, 0.9],
+        description="classify: bands of the large LM's confidence in a cached answer, each "
+        "with its own learned threshold (an answer given at 51% is replayed wrong more often)",
+    )
     z: float = Field(1.28, gt=0.0, description="Wilson lower bound's z (1.28: one-sided 90%)")
     max_entries: int = Field(20_000, ge=1, description="entries kept per task (shared log)")
     ttl_s: int | None = Field(None, ge=1, description="entry lifetime; the task's cache_ttl_s")

@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,7 +31,7 @@ from usearch.index import Index
 
 from cascade.quality import QualityMeasure
 from cascade.semantic_settings import SemanticCacheConfig
-from policies.semantic import GateDecision, SimilarityGate
+from policies.semantic import MISS, GateDecision, StratifiedGate
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class Entry:
     label: str | None
     level: str
     expires: float  # epoch seconds
+    record: float | None = None  # the large LM's confidence in it (classify); 1.0: a correction
 
 
 @dataclass
@@ -128,7 +129,8 @@ class SemanticCache:
         self.cfg = cfg
         self.encoder = encoder
         self.ttl_s = cfg.ttl_s or ttl_s
-        self.gate = SimilarityGate(
+        self.gate = StratifiedGate(
+            cfg.record_bands,
             target=cfg.target_agreement,
             floor=cfg.floor,
             z=cfg.z,
@@ -138,7 +140,8 @@ class SemanticCache:
         )
         self._indexes: dict[str, _Index] = {}
         self._order: deque[tuple[int, str]] = deque()  # (key, partition), oldest first
-        self._by_id: dict[str, tuple[int, str]] = {}
+        self._by_id: dict[str, tuple[int, str]] = {}  # live entries
+        self._seen: OrderedDict[str, None] = OrderedDict()  # every id indexed (newest last)
         self._next_key = 0
         self.cursor: str | None = None  # the last log entry this process has indexed
         self.rng = np.random.default_rng(seed)
@@ -147,20 +150,15 @@ class SemanticCache:
         self.shares_embedding = False  # the task's levels may reuse the request's embedding
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._by_id)  # live entries (``_order`` may still hold replaced ones)
 
     def report(self) -> dict[str, Any]:
-        """The gate's threshold and the agreement behind it, for ``/admin/stats``."""
-        g = self.gate.summary()
+        """The gate's thresholds and the agreement behind them, for ``/admin/stats``."""
         return {
             "entries": len(self),
             "target_agreement": None if self.gate.fixed is not None else self.gate.target,
             "fixed_threshold": self.gate.fixed,
-            "threshold": g["threshold"],
-            "agreement_at_threshold": g["agreement"],
-            "agreement_ci95": None if g["low"] is None else [g["low"], g["high"]],
-            "comparisons": g["n"],
-            "verify_probability": self.gate.verify_probability(),
+            **self.gate.summary(),
         }
 
     # ------------------------------------------------------------------ lookup
@@ -177,15 +175,21 @@ class SemanticCache:
             n = idx.nearest(vec, 4, now) if idx is not None else None
             if n is not None and (best is None or n.similarity > best.similarity):
                 best = n
-        if best is None or best.similarity < self.gate.floor:
-            return Lookup(parts[0], parts, vec, best, GateDecision(False, False, 0.0))
-        decision = self.gate.decide(best.similarity, self.rng.random())
+        if best is None:
+            return Lookup(parts[0], parts, vec, None, MISS)
+        decision = self.gate.decide(best.similarity, best.entry.record, self.rng.random())
         return Lookup(parts[0], parts, vec, best, decision)
 
     # ------------------------------------------------------------------ entries
 
     def entry_fields(
-        self, part: str, vec: np.ndarray, output: str, label: str | None, level: str
+        self,
+        part: str,
+        vec: np.ndarray,
+        output: str,
+        label: str | None,
+        level: str,
+        record: float | None = None,
     ) -> dict[str, str]:
         return {
             "p": part,
@@ -194,12 +198,16 @@ class SemanticCache:
             "l": label or "",
             "lv": level,
             "x": f"{time.time() + self.ttl_s:.3f}",
+            "c": "" if record is None else f"{record:.4f}",
         }
 
     def index(self, entry_id: str, fields: dict[str, str]) -> None:
         """Add one log entry to this process's index (once; the oldest go past the cap)."""
-        if entry_id in self._by_id:
+        if entry_id in self._seen:  # once: a replaced entry read again from the log stays out
             return
+        self._seen[entry_id] = None
+        while len(self._seen) > 2 * self.cfg.max_entries:
+            self._seen.popitem(last=False)
         try:
             entry = Entry(
                 entry_id,
@@ -209,6 +217,7 @@ class SemanticCache:
                 fields.get("l") or None,
                 fields.get("lv", ""),
                 float(fields["x"]),
+                float(fields["c"]) if fields.get("c") else None,
             )
         except (KeyError, ValueError) as e:  # a foreign or damaged entry: skip it
             log.warning("semantic cache entry %s of %s skipped: %s", entry_id, self.task, e)
@@ -227,7 +236,7 @@ class SemanticCache:
         idx.add(key, entry)
         self._order.append((key, entry.part))
         self._by_id[entry_id] = (key, entry.part)
-        while len(self._order) > self.cfg.max_entries:
+        while len(self._by_id) > self.cfg.max_entries and self._order:
             self._evict(*self._order.popleft())
 
     def _evict(self, key: int, part: str) -> None:
@@ -249,19 +258,17 @@ class SemanticCache:
 
     # ------------------------------------------------------------------ the gate's evidence
 
-    def observe(self, similarity: float, agreed: bool, weight: float) -> dict[str, float]:
+    def observe(self, n: Neighbour, agreed: bool) -> dict[str, float]:
         """A comparison: into the local gate at once, and as counter deltas for the store."""
-        self.gate.observe(similarity, agreed, weight)
-        deltas = {
-            GATE_PREFIX + k: v for k, v in self.gate.deltas(similarity, agreed, weight).items()
-        }
+        deltas = self.gate.observe(n.similarity, n.entry.record, agreed)
+        deltas = {GATE_PREFIX + k: v for k, v in deltas.items()}
         for k, v in deltas.items():
             self.local_sums[k] = self.local_sums.get(k, 0.0) + v
         return deltas
 
     def load_shared(self, counters: dict[str, float]) -> None:
-        """Adopt every gateway's sums (the store's counters). They hold this process's own
-        once flushed; until then its own count is the larger, so each sum is the larger of
+        """Adopt every gateway's counts (the store's counters). They hold this process's own
+        once flushed; until then its own count is the larger, so each count is the larger of
         the two (``local_sums`` only grows, as the shared ones do)."""
         shared = {
             k[len(GATE_PREFIX) :]: v for k, v in counters.items() if k.startswith(GATE_PREFIX)

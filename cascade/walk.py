@@ -31,7 +31,8 @@ class Walk:
     query: Query
     request_id: str
     tenant: str | None
-    cache_keys: tuple[str, str] | None  # (large-LM answer, cheaper answer at this version)
+    # (large-LM answer, cheaper answer at this version[, the tenant's own corrections])
+    cache_keys: tuple[str, ...] | None
     version: int
     outputs: list[LevelOutput] = field(default_factory=list)
     traces: list[LevelTrace] = field(default_factory=list)

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from policies.semantic import SimilarityGate
+from policies.semantic import SimilarityGate, StratifiedGate
 
 
 def _feed(gate: SimilarityGate, n: int, seed: int = 0) -> None:
@@ -61,7 +61,7 @@ def test_shared_sums_round_trip_through_counters():
         sim = rng.uniform(0.5, 1.0)
         agreed = rng.random() < (0.99 if sim > 0.85 else 0.6)
         a.observe(sim, agreed)
-        for k, v in a.deltas(sim, agreed).items():
+        for k, v in a.deltas(sim, agreed).items():  # what the store's counters add up
             counters[k] = counters.get(k, 0.0) + v
     b = SimilarityGate(target=0.9)
     b.load(counters)
@@ -79,3 +79,26 @@ def test_fixed_threshold_never_learns_or_verifies():
 def test_bad_target_is_refused():
     with pytest.raises(ValueError, match="target"):
         SimilarityGate(target=1.5)
+
+
+def test_bands_hold_the_target_each_on_their_own():
+    """Answers the large LM gave unsurely are replayed wrong more often: their band must show
+    the target by itself, and a sure band may serve while an unsure one does not."""
+    gate = StratifiedGate([0.75], target=0.95, min_samples=50)
+    rng = random.Random(5)
+    counters: dict[str, float] = {}
+    for _ in range(3000):
+        sim, sure = rng.uniform(0.9, 1.0), rng.random() < 0.5
+        record = 0.95 if sure else 0.55
+        agreed = rng.random() < (0.995 if sure else 0.8)
+        for k, v in gate.observe(sim, record, agreed).items():
+            counters[k] = counters.get(k, 0.0) + v
+    assert gate.gates[1].threshold is not None and gate.gates[0].threshold is None
+    assert gate.decide(0.99, 0.95, 0.99).serve and not gate.decide(0.99, 0.55, 0.99).serve
+    assert not gate.decide(0.99, None, 0.99).serve  # no record: the lowest band
+    shared = StratifiedGate([0.75], target=0.95, min_samples=50)
+    shared.load(counters)
+    assert shared.threshold == gate.threshold
+    bands = shared.summary()["bands"]
+    assert [b["record"] for b in bands] == [[0.0, 0.75], [0.75, 1.0]]
+    assert bands[1]["agreement"] > 0.98 > bands[0]["agreement"]

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cascade.backends.base import BackendError, model_thread
+from cascade.backends.bert import LeanBert
 
 
 class EncoderBackend:
@@ -39,11 +41,29 @@ class EncoderBackend:
         self.model.eval()
         self.dim = int(self.model.config.hidden_size)
         self._lock = threading.Lock()
+        self.lean: LeanBert | None = None
+        lean = LeanBert.load(path, self.model.config)
+        if lean is not None and self._agrees(lean):
+            self.lean = lean
 
-    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    #: Sentences the lean forward pass must embed as ``BertModel`` does before it is used.
+    PROBES = (
+        "warm up",
+        "A storm flooded the valley overnight; rescuers are on their way.",
+        "is this review positive or negative? an uneven, often charming film",
+    )
+
+    def _agrees(self, lean: LeanBert) -> bool:
+        model, self.lean = self.model, None
+        want = self.embed(list(self.PROBES), forward=model)
+        got = self.embed(list(self.PROBES), forward=lean)
+        return bool(np.abs(want - got).max() < 1e-4)
+
+    def embed(self, texts: list[str], batch_size: int = 64, forward: Any = None) -> np.ndarray:
         """(len(texts), dim) float32 unit vectors."""
         model_thread()
         torch = self._torch
+        forward = forward or self.lean or self.model
         out = []
         with self._lock, torch.inference_mode():
             for i in range(0, len(texts), batch_size):
@@ -54,7 +74,10 @@ class EncoderBackend:
                     max_length=self.max_length,
                     return_tensors="pt",
                 )
-                hidden = self.model(**enc).last_hidden_state
+                if isinstance(forward, LeanBert):
+                    hidden = forward(enc["input_ids"], enc["attention_mask"])
+                else:
+                    hidden = forward(**enc).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)

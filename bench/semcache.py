@@ -1,0 +1,292 @@
+"""``bench semcache``: the semantic cache against what peers ship, on traffic with near-repeats.
+
+The stream is the disaster tweets as they come (duplicates kept: retweets, one headline with
+different links), answered by the large LM alone behind each cache, so the large-LM share is
+the misses' (and verifications') share. Systems: no cache, the exact cache, fixed cosine
+thresholds (LiteLLM's ``similarity_threshold``), and the verified cache at its targets. A hit's
+error is disagreement with the large LM's own answer for that request (recorded once for every
+item under ``bench/annotations/``).
+
+Wall time per system is modelled from figures measured live in the same run: each large-LM call
+at the measured seconds per call, each semantic lookup at its measured p50 (embedding and
+search); everything else (the cascade's own work, with recorded answers) as measured.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.flags import arg
+from bench.streams import Stream, tweet_traffic, without_fuse
+
+#: Seconds per large-LM call when the timing is skipped (--no-timing): measured here before.
+ASSUMED_LLM_S = 0.45
+
+
+@dataclass
+class SemcacheArgs:
+    """``bench semcache``'s arguments; each is also its flag."""
+
+    limit: int = arg(3000, "requests (the tweets in a seeded order, duplicates kept)")
+    seed: int = arg(42)
+    thresholds: tuple[float, ...] = arg((0.8, 0.9, 0.95), "fixed cosine thresholds (peers)")
+    targets: tuple[float, ...] = arg((0.95, 0.99), "target agreements of the verified cache")
+    config: Path | None = arg(None, "configuration file (default: deploy/config.yaml)")
+    task: str = arg("sentiment", "configured task whose large level the stream runs with")
+    timing: bool = arg(True, "skip the live timing (large-LM seconds, lookup latency)")
+    timing_n: int = arg(300, "lookups timed live")
+    out: Path | None = arg(Path("bench/results/semcache.json"), "write the JSON results here")
+    write_doc: bool = arg(True, "do not rewrite docs/BENCHMARKS.md", flag="no-doc")
+
+
+@dataclass
+class System:
+    name: str
+    semantic: dict[str, Any] | None  # the task's semantic_cache block; None: exact cache only
+    use_cache: bool = True
+
+    @property
+    def row(self) -> dict[str, Any]:
+        sem = self.semantic or {}
+        out: dict[str, Any] = {"system": self.name}
+        if "fixed_threshold" in sem:
+            out["threshold"] = sem["fixed_threshold"]
+        if "target_agreement" in sem:
+            out["target_agreement"] = sem["target_agreement"]
+        return out
+
+
+def systems(args: SemcacheArgs) -> list[System]:
+    out = [System("no_cache", None, use_cache=False), System("exact", None)]
+    out += [System("fixed", {"encoder": "minilm", "fixed_threshold": t}) for t in args.thresholds]
+    out += [System("verified", {"encoder": "minilm", "target_agreement": t}) for t in args.targets]
+    return out
+
+
+class MemoEmbedder:
+    """The encoder with an in-memory memo: every system embeds the same texts, so they are
+    embedded once (lookup latency is timed separately, on the encoder itself)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.name = getattr(backend, "name", "encoder")
+        self.dim = getattr(backend, "dim", None)
+        self.memo: dict[str, np.ndarray] = {}
+
+    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(texts) if t not in self.memo]
+        if todo:
+            for t, v in zip(todo, self.backend.embed(todo, batch_size), strict=True):
+                self.memo[t] = v
+        return np.stack([self.memo[t] for t in texts])
+
+    def warmup(self) -> None:
+        self.backend.embed(["warm up"])
+
+
+def _memo_encoders(kind: str, backend: Any) -> Any:
+    return MemoEmbedder(backend) if kind == "encoder" else backend
+
+
+def summarise(
+    sys_: System,
+    outs: list[Any],
+    llm_labels: list[str | None],
+    run_s: float,
+    llm_s: float,
+    lookup_s: float,
+) -> dict[str, Any]:
+    n = len(outs)
+    hits = [i for i, o in enumerate(outs) if o.cached]
+    sem_hits = [i for i in hits if outs[i].cache == "semantic"]
+    wrong = [i for i in hits if outs[i].label != llm_labels[i]]
+    sem_wrong = [i for i in sem_hits if outs[i].label != llm_labels[i]]
+    calls = sum(1 for o in outs if not o.cached)
+    lookups = sum(1 for o in outs if o.cache != "exact") if sys_.semantic else 0
+    sims = [outs[i].similarity for i in sem_hits]
+    return {
+        **sys_.row,
+        "hit_rate": round(len(hits) / n, 4),
+        "error_rate": round(len(wrong) / len(hits), 4) if hits else 0.0,
+        "llm_share": round(calls / n, 4),
+        "wall_s": round(run_s + calls * llm_s + lookups * lookup_s, 1),
+        "hits": len(hits),
+        "semantic_hits": len(sem_hits),
+        "semantic_errors": len(sem_wrong),
+        "exact_hits": len(hits) - len(sem_hits),
+        "min_similarity_served": round(min(sims), 4) if sims else None,
+        "hits_first_half": sum(1 for i in hits if i < n // 2),
+        "hits_second_half": sum(1 for i in hits if i >= n // 2),
+        "accuracy_vs_large": round(
+            sum(o.label == lab for o, lab in zip(outs, llm_labels, strict=True)) / n, 4
+        ),
+    }
+
+
+async def run_system(
+    sys_: System, base: Any, template: Any, pool: Any, stream: Stream, label: str
+) -> tuple[list[Any], float, dict[str, Any] | None]:
+    """Every item in order through a fresh cascade (its own embedded store); the outcomes,
+    the wall seconds and the gate's final report."""
+    import tempfile
+
+    from bench.harness import Progress
+    from cascade.runner import Ask, Cascade
+    from cascade.store.memory import MemoryStore
+
+    task = type(template).model_validate({**template.model_dump(), "semantic_cache": sys_.semantic})
+    config = base.model_copy(update={"tasks": {"bench": task}})
+    store = MemoryStore(Path(tempfile.mkdtemp(prefix="cg-semcache-")))
+    cascade = Cascade(config, pool, store)
+    prog = Progress(label, len(stream.items), 500)
+    outs = []
+    t0 = time.perf_counter()
+    for i, item in enumerate(stream.items):
+        outs.append(await cascade.run("bench", item.text, Ask(use_cache=sys_.use_cache)))
+        prog.update(i + 1, hits=sum(o.cached for o in outs) / len(outs))
+    run_s = time.perf_counter() - t0
+    rt = cascade.tasks["bench"]
+    report = rt.semantic.report() if rt.semantic is not None else None
+    await store.close()
+    return outs, run_s, report
+
+
+async def time_lookups(
+    template: Any, base: Any, pool: Any, encoder: Any, stream: Stream, n: int
+) -> dict[str, float]:
+    """Lookup latency on the encoder itself (no memo), against an index holding the rest of
+    the stream: the full lookup (embedding, partition, search) and the search alone."""
+    import tempfile
+
+    from cascade.levels import Query
+    from cascade.prompts import render_messages
+    from cascade.runner import Cascade
+    from cascade.semantic import partitions, semantic_lookup
+    from cascade.store.memory import MemoryStore
+
+    sem_cfg = {"encoder": "minilm", "target_agreement": 0.95}
+    task = type(template).model_validate({**template.model_dump(), "semantic_cache": sem_cfg})
+    config = base.model_copy(update={"tasks": {"bench": task}})
+    cascade = Cascade(config, pool, MemoryStore(Path(tempfile.mkdtemp(prefix="cg-semtime-"))))
+    rt = cascade.tasks["bench"]
+    sem = rt.semantic
+    assert sem is not None
+
+    def query(text: str) -> Query:
+        return Query("bench", text, render_messages(task.prompt, text), task.max_tokens)
+
+    fill = stream.items[:-n]
+    part = partitions(rt, query(fill[0].text), None, "")[0]
+    vecs = encoder.embed([it.text for it in fill])
+    rss0 = _rss_bytes()
+    for j, (it, v) in enumerate(zip(fill, vecs, strict=True)):
+        sem.index(f"{j}-0", sem.entry_fields(part, v, it.text[:60], "yes", "large", 0.8))
+    per_entry = (_rss_bytes() - rss0) / max(len(fill), 1)
+    sem.encoder = encoder  # the encoder itself: what a request pays
+    full, search = [], []
+    for it in stream.items[-n:]:
+        look = await semantic_lookup(rt, query(it.text), None, None)
+        assert look is not None
+        full.append(look.lookup_ms)
+        t0 = time.perf_counter()
+        sem.lookup(look.parts, look.vec)
+        search.append((time.perf_counter() - t0) * 1000)
+    return {
+        "lookup_ms_p50": round(statistics.median(full), 3),
+        "lookup_ms_p90": round(float(np.percentile(full, 90)), 3),
+        "search_ms_p50": round(statistics.median(search), 3),
+        "index_entries": len(sem),
+        "bytes_per_entry": round(per_entry),
+    }
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory (Linux)."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def semcache_bench(args: SemcacheArgs) -> dict[str, Any]:
+    """Annotate what is missing, run every system, time the lookups; JSON, docs, plot."""
+    import os
+
+    from app.settings import Settings
+    from bench.harness import ANNOTATIONS, BenchContext, load_bench_config, quiet_llama
+    from bench.stream import _large_model, _missing_answers, measure_level_seconds, write_json
+    from cascade.backends import BackendPool
+    from cascade.config import load_config
+    from cascade.llm_server import local_large_llm
+    from cascade.replay import ReplayFile
+
+    settings = Settings()
+    models_dir = settings.models_dir
+    stream = tweet_traffic(models_dir, args.seed, args.limit)
+    base = load_config(args.config or settings.config_path)
+    template = stream.task_config(base.tasks[args.task])
+    replay = ReplayFile(ANNOTATIONS, write_name=f"{stream.name}.{_large_model(base, template)}")
+    missing = _missing_answers(base, template, stream, replay)
+    need_server = (missing > 0 or args.timing) and not settings.llm_base_url
+    print(
+        f"semcache: {len(stream.items)} requests ({len({it.text for it in stream.items})} "
+        f"distinct texts); {missing} large-LM answers to compute",
+        flush=True,
+    )
+    with local_large_llm(models_dir, settings.data_dir, enabled=need_server) as url:
+        if url:
+            os.environ["LLM_BASE_URL"] = url
+        elif not settings.llm_base_url:
+            os.environ["LLM_BASE_URL"] = "http://127.0.0.1:9/v1"  # all recorded: never called
+        config = load_bench_config(args.config or settings.config_path)
+        template = stream.task_config(config.tasks[args.task])
+        template = without_fuse(template)  # the large LM alone: its own answers
+        template = template.model_copy(update={"levels": [template.levels[-1]]})
+        with quiet_llama():
+            pool = BackendPool(config, models_dir, cache=replay, wrap=_memo_encoders)
+            encoder = pool.encoder("minilm").backend  # the encoder itself, for the timing
+        llm_s, timing = ASSUMED_LLM_S, None
+        if args.timing:
+            ctx = BenchContext(config, models_dir, replay, stream.name)
+            llm_s = (await measure_level_seconds(ctx, template, stream, n=16))[
+                template.levels[-1].name
+            ]
+            timing = await time_lookups(template, config, pool, encoder, stream, args.timing_n)
+            print(f"large LM {llm_s:.3f} s/call; lookup {timing}", flush=True)
+        lookup_s = (timing or {}).get("lookup_ms_p50", 10.0) / 1000
+        rows, llm_labels = [], None
+        for sys_ in systems(args):
+            label = "/".join(str(v) for v in sys_.row.values())
+            outs, run_s, report = await run_system(sys_, config, template, pool, stream, label)
+            if llm_labels is None:  # the first system, no cache: the large LM's own answers
+                llm_labels = [o.label for o in outs]
+            row = summarise(sys_, outs, llm_labels, run_s, llm_s, lookup_s)
+            row["gate"] = report
+            rows.append(row)
+            print(row, flush=True)
+    wall0 = rows[0]["wall_s"]
+    for row in rows:
+        row["wall_ratio"] = round(row["wall_s"] / wall0, 4)
+    payload = {
+        "stream": "disaster-tweets (duplicates kept)",
+        "items": len(stream.items),
+        "distinct_texts": len({it.text for it in stream.items}),
+        "seed": args.seed,
+        "llm_seconds_per_call": round(llm_s, 4),
+        "llm_seconds_measured": args.timing,
+        "timing": timing,
+        "runs": rows,
+    }
+    if args.out is not None:
+        write_json(args.out, payload)
+    if args.write_doc:
+        from bench.semcache_report import write_semcache_report
+
+        write_semcache_report(payload)
+    return payload

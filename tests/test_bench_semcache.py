@@ -1,0 +1,57 @@
+"""`bench semcache`'s systems on a small stream of near-repeats, through the real cascade with
+MiniLM and SmolLM2 (behind llama.cpp's server) as the large LM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.semcache import MemoEmbedder, SemcacheArgs, run_system, summarise, systems
+from bench.streams import Item, Stream
+from cascade.backends import BackendPool
+from cascade.config import load_config
+from cascade.llm_server import LocalLLMServer
+from tests.conftest import MODELS, write_config
+
+TEXTS = [
+    "a warm film",
+    "the plot of this documentary covers tax law in detail",
+    "A warm film!",
+    "a warm film.",
+    "The plot of this documentary covers tax law in detail.",
+    "a warm film",
+]
+
+
+async def test_systems_rank_as_their_thresholds_say(
+    tmp_path: Path, smol_server: LocalLLMServer
+) -> None:
+    config = load_config(write_config(tmp_path / "config.yaml", smol_server.base_url))
+    template = config.tasks["sentiment"]
+    template = template.model_copy(update={"levels": [template.levels[-1]]})
+    pool = BackendPool(
+        config, MODELS, wrap=lambda kind, b: MemoEmbedder(b) if kind == "encoder" else b
+    )
+    stream = Stream(
+        "near", [Item(t, None) for t in TEXTS], ["positive", "negative"], template.prompt
+    )
+    args = SemcacheArgs(thresholds=(0.8,), targets=(0.95,), timing=False, write_doc=False)
+    rows, labels = {}, None
+    for sys_ in systems(args):
+        outs, run_s, report = await run_system(sys_, config, template, pool, stream, sys_.name)
+        labels = labels or [o.label for o in outs]
+        rows[f"{sys_.name}{sys_.row.get('threshold', '')}"] = summarise(
+            sys_, outs, labels, run_s, 0.5, 0.01
+        ) | {"gate": report}
+    assert set(rows) == {"no_cache", "exact", "fixed0.8", "verified"}
+    assert rows["no_cache"]["hit_rate"] == 0 and rows["no_cache"]["llm_share"] == 1
+    assert rows["exact"]["exact_hits"] == 1 and rows["exact"]["semantic_hits"] == 0
+    fixed = rows["fixed0.8"]
+    assert fixed["semantic_hits"] >= 2 and fixed["min_similarity_served"] >= 0.8
+    assert fixed["hits"] == fixed["semantic_hits"] + fixed["exact_hits"]
+    assert fixed["llm_share"] == pytest.approx(1 - fixed["hit_rate"], abs=1e-3)
+    assert fixed["wall_s"] < rows["no_cache"]["wall_s"]  # fewer large-LM calls at 0.5 s each
+    # the verified cache has seen too few comparisons to serve a semantic hit
+    verified = rows["verified"]
+    assert verified["semantic_hits"] == 0 and verified["gate"]["threshold"] is None
