@@ -35,8 +35,15 @@ class SemcacheArgs:
 
     limit: int = arg(3000, "requests (the tweets in a seeded order, duplicates kept)")
     seed: int = arg(42)
-    thresholds: tuple[float, ...] = arg((0.8, 0.9, 0.95), "fixed cosine thresholds (peers)")
+    thresholds: tuple[float, ...] = arg(
+        (0.8, 0.9, 0.95, 0.98), "fixed cosine thresholds (peers ship 0.8-0.95)"
+    )
     targets: tuple[float, ...] = arg((0.95, 0.99), "target agreements of the verified cache")
+    record_bands: tuple[float, ...] | None = arg(
+        None, "the verified cache's confidence bands (default: the configuration's)"
+    )
+    min_samples: int | None = arg(None, "the verified cache's comparisons before a hit")
+    z: float | None = arg(None, "the verified cache's Wilson z")
     config: Path | None = arg(None, "configuration file (default: deploy/config.yaml)")
     task: str = arg("sentiment", "configured task whose large level the stream runs with")
     timing: bool = arg(True, "skip the live timing (large-LM seconds, lookup latency)")

@@ -11,13 +11,25 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cascade.backend_settings import Backend, EncoderBackend, LlamaBackend, OpenAIBackend
 from cascade.level_settings import LevelSettings, LocalLMSettings, OpenAISettings, parse_settings
 from cascade.semantic_settings import SemanticCacheConfig
+
+__all__ = [
+    "Backend",
+    "Config",
+    "ConfigError",
+    "EncoderBackend",
+    "LlamaBackend",
+    "OpenAIBackend",
+    "TaskConfig",
+    "load_config",
+]
 
 
 def _default_config() -> Path:
@@ -40,44 +52,6 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# ---------------------------------------------------------------------------------- backends
-
-
-class LlamaBackend(_Strict):
-    """A GGUF model run in-process by llama-cpp-python."""
-
-    kind: Literal["llama"]
-    model: str = Field(description="GGUF file, absolute or relative to the models directory")
-    n_ctx: int = Field(2048, ge=256)
-    n_threads: int | None = Field(None, ge=1)
-    top_k_entropy: int = Field(20, ge=0, le=1000, description="top-k used for per-step entropy")
-
-
-class OpenAIBackend(_Strict):
-    """Any OpenAI-compatible endpoint: vLLM, llama.cpp server, OpenAI itself."""
-
-    kind: Literal["openai"]
-    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8081/v1; None: local")
-    model: str = "large"
-    api_key: str | None = None
-    timeout_s: float = Field(30.0, gt=0)
-    max_retries: int = Field(2, ge=0, le=10)
-    backoff_s: float = Field(0.25, ge=0)
-    logprobs: bool = True
-    top_logprobs: int = Field(20, ge=0, le=20)
-
-
-class EncoderBackend(_Strict):
-    """A sentence encoder (transformers) used for embeddings."""
-
-    kind: Literal["encoder"]
-    model: str = Field("all-MiniLM-L6-v2", description="directory, absolute or under models dir")
-    max_length: int = Field(128, ge=8, le=512)
-
-
-Backend = Annotated[LlamaBackend | OpenAIBackend | EncoderBackend, Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------------------------- policies
