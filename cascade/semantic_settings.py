@@ -30,7 +30,7 @@ class SemanticCacheConfig(BaseModel):
     verify_share: float = Field(
         0.05, ge=0.0, le=1.0, description="least share of would-be hits checked by the cascade"
     )
-    min_samples: int = Field(50, ge=1, description="comparisons before any hit is served")
+    min_samples: int = Field(30, ge=1, description="comparisons before a band serves a hit")
     record_bands: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
         [0.6, 0.75, 0.9],
         description="classify: bands of the large LM's confidence in a cached answer, each "

@@ -61,7 +61,7 @@ class SimilarityGate:
         floor: float = 0.5,
         bin_width: float = 0.01,
         z: float = 1.28,
-        min_samples: int = 50,
+        min_samples: int = 30,
         verify_share: float = 0.05,
         fixed: float | None = None,
     ) -> None:
