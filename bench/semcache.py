@@ -97,6 +97,23 @@ class MemoEmbedder:
         self.backend.embed(["warm up"])
 
 
+def _large_only(stream: Stream, config: Any, task: str) -> Any:
+    """The stream's task answered by the large LM alone, its own answers (no fusing)."""
+    template = without_fuse(stream.task_config(config.tasks[task]))
+    return template.model_copy(update={"levels": [template.levels[-1]]})
+
+
+def _pool(config: Any, models_dir: Path, replay: Any) -> tuple[Any, Any]:
+    """Backends with recorded large-LM answers and a memo over the encoder; and the encoder
+    itself, for timing."""
+    from bench.harness import quiet_llama
+    from cascade.backends import BackendPool
+
+    with quiet_llama():
+        pool = BackendPool(config, models_dir, cache=replay, wrap=_memo_encoders)
+        return pool, pool.encoder("minilm").backend
+
+
 def _memo_encoders(kind: str, backend: Any) -> Any:
     return MemoEmbedder(backend) if kind == "encoder" else backend
 
@@ -196,6 +213,8 @@ async def time_lookups(
         sem.index(f"{j}-0", sem.entry_fields(part, v, it.text[:60], "yes", "large", 0.8))
     per_entry = (_rss_bytes() - rss0) / max(len(fill), 1)
     sem.encoder = encoder  # the encoder itself: what a request pays
+    for it in stream.items[-n - 30 : -n]:  # warm the one-request path (shapes, threads)
+        await semantic_lookup(rt, query(it.text), None, None)
     full, search = [], []
     for it in stream.items[-n:]:
         look = await semantic_lookup(rt, query(it.text), None, None)
@@ -213,6 +232,23 @@ async def time_lookups(
     }
 
 
+def _miss_path(timing: dict[str, float] | None, llm_s: float) -> dict[str, float] | None:
+    """What a lookup adds to a request that misses, against the miss path without it (a
+    large-LM call at the measured seconds): a task whose levels embed the request anyway
+    (an encoder level: the lookup reuses that embedding) adds the search; one without pays
+    the embedding too."""
+    if not timing:
+        return None
+    miss_ms = llm_s * 1000
+    return {
+        "miss_ms_without": round(miss_ms, 1),
+        "added_ms_p50_with_encoder_level": timing["search_ms_p50"],
+        "added_ms_p50_without_encoder_level": timing["lookup_ms_p50"],
+        "ratio_with_encoder_level": round((miss_ms + timing["search_ms_p50"]) / miss_ms, 4),
+        "ratio_without_encoder_level": round((miss_ms + timing["lookup_ms_p50"]) / miss_ms, 4),
+    }
+
+
 def _rss_bytes() -> int:
     """This process's resident memory (Linux)."""
     import os
@@ -226,9 +262,8 @@ async def semcache_bench(args: SemcacheArgs) -> dict[str, Any]:
     import os
 
     from app.settings import Settings
-    from bench.harness import ANNOTATIONS, BenchContext, load_bench_config, quiet_llama
+    from bench.harness import ANNOTATIONS, BenchContext, load_bench_config
     from bench.stream import _large_model, _missing_answers, measure_level_seconds, write_json
-    from cascade.backends import BackendPool
     from cascade.config import load_config
     from cascade.llm_server import local_large_llm
     from cascade.replay import ReplayFile
@@ -246,26 +281,31 @@ async def semcache_bench(args: SemcacheArgs) -> dict[str, Any]:
         f"distinct texts); {missing} large-LM answers to compute",
         flush=True,
     )
+    timing = None
+    if args.timing:  # before the large LM's server starts: it would compete for the cores
+        os.environ.setdefault("LLM_BASE_URL", "http://127.0.0.1:9/v1")  # never called here
+        config = load_bench_config(args.config or settings.config_path)
+        pool, encoder = _pool(config, models_dir, replay)
+        timing = await time_lookups(
+            _large_only(stream, config, args.task), config, pool, encoder, stream, args.timing_n
+        )
+        print(f"lookup: {timing}", flush=True)
+        if not settings.llm_base_url:
+            del os.environ["LLM_BASE_URL"]
     with local_large_llm(models_dir, settings.data_dir, enabled=need_server) as url:
         if url:
             os.environ["LLM_BASE_URL"] = url
         elif not settings.llm_base_url:
             os.environ["LLM_BASE_URL"] = "http://127.0.0.1:9/v1"  # all recorded: never called
         config = load_bench_config(args.config or settings.config_path)
-        template = stream.task_config(config.tasks[args.task])
-        template = without_fuse(template)  # the large LM alone: its own answers
-        template = template.model_copy(update={"levels": [template.levels[-1]]})
-        with quiet_llama():
-            pool = BackendPool(config, models_dir, cache=replay, wrap=_memo_encoders)
-            encoder = pool.encoder("minilm").backend  # the encoder itself, for the timing
-        llm_s, timing = ASSUMED_LLM_S, None
+        template = _large_only(stream, config, args.task)
+        pool, encoder = _pool(config, models_dir, replay)
+        llm_s = ASSUMED_LLM_S
         if args.timing:
             ctx = BenchContext(config, models_dir, replay, stream.name)
-            llm_s = (await measure_level_seconds(ctx, template, stream, n=16))[
-                template.levels[-1].name
-            ]
-            timing = await time_lookups(template, config, pool, encoder, stream, args.timing_n)
-            print(f"large LM {llm_s:.3f} s/call; lookup {timing}", flush=True)
+            large = template.levels[-1].name
+            llm_s = (await measure_level_seconds(ctx, template, stream, n=16))[large]
+            print(f"large LM {llm_s:.3f} s/call", flush=True)
         lookup_s = (timing or {}).get("lookup_ms_p50", 10.0) / 1000
         rows, llm_labels = [], None
         for sys_ in systems(args):
@@ -288,6 +328,7 @@ async def semcache_bench(args: SemcacheArgs) -> dict[str, Any]:
         "llm_seconds_per_call": round(llm_s, 4),
         "llm_seconds_measured": args.timing,
         "timing": timing,
+        "miss_path": _miss_path(timing, llm_s),
         "runs": rows,
     }
     if args.out is not None:

@@ -64,15 +64,20 @@ def write_semcache_report(payload: dict[str, Any]) -> None:
         ],
         rows,
     )
-    t = payload.get("timing") or {}
+    t, m = payload.get("timing") or {}, payload.get("miss_path") or {}
     timing = (
-        f"Lookup latency, measured live on {machine()}: the full lookup (MiniLM embedding of the "
-        f"request, partition, HNSW search over {t.get('index_entries', 0):,} entries) p50 "
-        f"{t.get('lookup_ms_p50')} ms (p90 {t.get('lookup_ms_p90')}); the search alone p50 "
-        f"{t.get('search_ms_p50')} ms, which is all a request adds where the task has an "
-        "encoder level (it reuses the request's embedding). A large-LM call took "
-        f"{payload['llm_seconds_per_call']} s here."
-        if t
+        f"Lookup latency, measured live on {machine()} with nothing else running: the full "
+        f"lookup (MiniLM embedding of the request, partition, HNSW search over "
+        f"{t['index_entries']:,} entries, {t['bytes_per_entry']:,} bytes of memory each) p50 "
+        f"{t['lookup_ms_p50']} ms (p90 {t['lookup_ms_p90']}); the search alone p50 "
+        f"{t['search_ms_p50']} ms. A task whose levels embed the request anyway (an encoder "
+        "level, as in the default configuration) reuses that embedding, so a miss pays the "
+        f"search: {m['added_ms_p50_with_encoder_level']} ms p50, a ratio of "
+        f"{m['ratio_with_encoder_level']} to the miss path without it (a large-LM call, "
+        f"{m['miss_ms_without']:,.0f} ms here); a task without one pays the embedding too: "
+        f"{m['added_ms_p50_without_encoder_level']} ms, ratio "
+        f"{m['ratio_without_encoder_level']}."
+        if t and m
         else "Timing skipped (--no-timing): wall ratios use an assumed 0.45 s per large-LM call."
     )
     body = f"""## Semantic cache (`cascade-gateway bench semcache`)

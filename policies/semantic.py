@@ -83,7 +83,8 @@ class SimilarityGate:
         self.support = 0.0  # comparisons at and above the threshold
 
     def bin_of(self, similarity: float) -> int:
-        i = int((min(similarity, 1.0) - self.floor) / self.bin_width)
+        # the epsilon keeps a bin's own edge in it (0.95 is bin 45 of 0.5 + 0.01 k, not 44)
+        i = int((min(similarity, 1.0) - self.floor) / self.bin_width + 1e-9)
         return max(0, min(self.n_bins - 1, i))
 
     def deltas(self, similarity: float, agreed: bool) -> dict[str, float]:
