@@ -172,12 +172,12 @@ class Metrics:
                 self._child(self.level_latency, o.task, t.name).observe(t.latency_ms / 1000)
         if c.get(TaskStat.LLM_CALLS):
             self._child(self.llm_calls, o.task).inc()
-        if c.get(TaskStat.SEM_VERIFIED):
-            agreed = "true" if c.get(TaskStat.SEM_VERIFIED_AGREE) else "false"
-            self._child(self.semantic_verified, o.task, agreed).inc()
             large = next((t for t in reversed(o.levels)), None)
             if large is not None and large.error is None:
                 self._child(self.llm_latency, o.task).observe(large.latency_ms / 1000)
+        if c.get(TaskStat.SEM_VERIFIED):
+            agreed = "true" if c.get(TaskStat.SEM_VERIFIED_AGREE) else "false"
+            self._child(self.semantic_verified, o.task, agreed).inc()
         self._child(self.cost, o.task).inc(c.get(TaskStat.COST, 0.0))
         self._child(self.cost_llm_only, o.task).inc(c.get(TaskStat.COST_LLM_ONLY, 0.0))
 
