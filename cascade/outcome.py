@@ -3,8 +3,16 @@ errors a client can act on."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from cascade.counters import TaskStat
+
+if TYPE_CHECKING:
+    from cascade.runtime import TaskRuntime
+    from cascade.store.base import Store
 
 
 class CascadeError(Exception):
@@ -107,3 +115,41 @@ class Outcome:
             "degraded": self.degraded,
             "version": self.version,
         }
+
+
+def cache_hit(
+    store: Store,
+    rt: TaskRuntime,
+    answer: tuple[str, str | None, str],
+    t0: float,
+    cache: str,
+    similarity: float | None = None,
+    counted: dict[str, float] | None = None,
+) -> Outcome:
+    """A request answered from a cache (``answer``: output, label, level), at no cost: its
+    counters booked (``counted`` adds to the hit's own), its outcome returned."""
+    deltas = {
+        TaskStat.REQUESTS: 1,
+        TaskStat.CACHE_HITS: 1,
+        TaskStat.COST_LLM_ONLY: rt.large.cost,
+        **(counted or {}),
+    }
+    store.count(rt.name, deltas)
+    total = (time.perf_counter() - t0) * 1000
+    output, label, level = answer
+    return Outcome(
+        uuid.uuid4().hex,
+        rt.name,
+        output,
+        label,
+        level,
+        [],
+        cached=True,
+        cost=0.0,
+        version=rt.version,
+        overhead_ms=total,
+        total_ms=total,
+        counters=deltas,
+        cache=cache,
+        similarity=similarity,
+    )

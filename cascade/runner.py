@@ -30,6 +30,7 @@ from cascade.outcome import (
     Outcome,
     OverloadedError,
     UnknownTaskError,
+    cache_hit,
 )
 from cascade.prompts import Message, render_messages
 from cascade.runtime import TaskRuntime, build_policy, fingerprint, normalise_input
@@ -246,28 +247,8 @@ class Cascade:
         hit = next((h for h in await self.store.cache_get_many(order) if h), None)
         if hit is None:
             return None
-        deltas = {
-            TaskStat.REQUESTS: 1,
-            TaskStat.CACHE_HITS: 1,
-            TaskStat.COST_LLM_ONLY: rt.large.cost,
-        }
-        self.store.count(rt.name, deltas)
-        total = (time.perf_counter() - t0) * 1000
-        out = Outcome(
-            uuid.uuid4().hex,
-            rt.name,
-            hit["output"],
-            hit["label"],
-            hit["level"],
-            [],
-            cached=True,
-            cost=0.0,
-            version=rt.version,
-            overhead_ms=total,
-            total_ms=total,
-            counters=deltas,
-            cache="exact",
-        )
+        answer = (hit["output"], hit["label"], hit["level"])
+        out = cache_hit(self.store, rt, answer, t0, "exact")
         self._observe(out)
         return out
 

@@ -22,7 +22,7 @@ from cascade.backends import BackendPool
 from cascade.config import TaskConfig
 from cascade.counters import TaskStat
 from cascade.levels import LevelOutput, Query
-from cascade.outcome import Outcome
+from cascade.outcome import Outcome, cache_hit
 from cascade.prompts import Message
 from cascade.quality import QualityMeasure
 from cascade.semcache import Lookup, SemanticCache, partition
@@ -107,31 +107,9 @@ def semantic_hit(store: Store, rt: TaskRuntime, look: Lookup, t0: float) -> Outc
     """The neighbour's answer, served."""
     assert look.neighbour is not None
     entry = look.neighbour.entry
-    deltas = {
-        TaskStat.REQUESTS: 1,
-        TaskStat.CACHE_HITS: 1,
-        TaskStat.SEM_HITS: 1,
-        TaskStat.SEM_SAVED: rt.large.cost,
-        TaskStat.COST_LLM_ONLY: rt.large.cost,
-    }
-    store.count(rt.name, deltas)
-    total = (time.perf_counter() - t0) * 1000
-    return Outcome(
-        uuid.uuid4().hex,
-        rt.name,
-        entry.output,
-        entry.label,
-        entry.level,
-        [],
-        cached=True,
-        cost=0.0,
-        version=rt.version,
-        overhead_ms=total,
-        total_ms=total,
-        counters=deltas,
-        cache="semantic",
-        similarity=look.neighbour.similarity,
-    )
+    saved = {TaskStat.SEM_HITS: 1, TaskStat.SEM_SAVED: rt.large.cost}
+    answer = (entry.output, entry.label, entry.level)
+    return cache_hit(store, rt, answer, t0, "semantic", look.neighbour.similarity, saved)
 
 
 def agrees(sem: SemanticCache, kind: str, look: Lookup, served: LevelOutput) -> bool:
