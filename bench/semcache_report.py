@@ -80,6 +80,7 @@ def write_semcache_report(payload: dict[str, Any]) -> None:
         if t and m
         else "Timing skipped (--no-timing): wall ratios use an assumed 0.45 s per large-LM call."
     )
+    orders = _orders_table(payload)
     body = f"""## Semantic cache (`cascade-gateway bench semcache`)
 
 {stamp()}. {payload["items"]:,} requests: the disaster tweets in a seeded order with their
@@ -92,8 +93,33 @@ target. JSON: `bench/results/semcache.json`.
 
 {table}
 
+{orders}
+
 {timing}
 
 ![semantic cache: hit rate against error rate]({plot(payload)})
 """
     write_section("semcache", body)
+
+
+def _orders_table(payload: dict[str, Any]) -> str:
+    """Hits (error rate) per system on each further order of the same requests, and the mean."""
+    rows = payload.get("orders") or []
+    if not rows:
+        return ""
+    orders = sorted({r["order"] for r in rows})
+    names = list(dict.fromkeys(_name(r) for r in rows))
+    table = []
+    for name in names:
+        mine = [r for r in rows if _name(r) == name]
+        by = {r["order"]: r for r in mine}
+        cells = [f"{by[k]['hits']} ({by[k]['error_rate']:.1%})" if k in by else "" for k in orders]
+        hits = sum(r["hits"] for r in mine) / len(mine)
+        err = sum(r["error_rate"] for r in mine) / len(mine)
+        table.append([name, *cells, f"{hits:.0f} ({err:.1%})"])
+    head = ["system", *(f"order {k}" for k in orders), "mean"]
+    return (
+        "The same requests in further orders (one order is one draw of which near-repeat "
+        "comes first, and a learned gate's early evidence depends on it): hits (error rate "
+        "of hits).\n\n" + md_table(head, table)
+    )

@@ -32,6 +32,8 @@ class TaskStat(StrEnum):
     SEM_SAVED = "semantic_cost_saved"  # the large LM's cost, per semantic hit
     SEM_VERIFIED = "semantic_verified"  # would-be hits run through the cascade to check
     SEM_VERIFIED_AGREE = "semantic_verified_agree"  # ... whose neighbour's answer agreed
+    SEM_COMPARED = "semantic_compared"  # the gate's comparisons (misses and verifications)
+    SEM_COMPARED_AGREE = "semantic_compared_agree"  # ... whose neighbour's answer agreed
 
 
 class LevelStat(StrEnum):

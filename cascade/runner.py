@@ -165,13 +165,12 @@ class Cascade:
 
     async def sync_semantic(self) -> None:
         """Index the semantic-cache entries every gateway appended since the last sync, and
-        adopt the gates' shared evidence."""
-        for name, rt in self.tasks.items():
+        learn from the comparisons they logged."""
+        for rt in self.tasks.values():
             if rt.semantic is None:
                 continue
             try:
                 await semantic_sync(self.store, rt.semantic)
-                rt.semantic.load_shared(await self.store.read_counters(name))
             except Exception as e:  # the store is down: serve from what is indexed
                 self.store.errors += 1
                 log.debug("semantic sync failed: %s", e)

@@ -25,7 +25,7 @@ from cascade.levels import LevelOutput, Query
 from cascade.outcome import Outcome, cache_hit
 from cascade.prompts import Message
 from cascade.quality import QualityMeasure
-from cascade.semcache import Lookup, SemanticCache, partition
+from cascade.semcache import COMPARISON_TTL_S, COMPARISONS, Lookup, SemanticCache, partition
 from cascade.store.base import Store
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ def build_semantic(name: str, task: TaskConfig, pool: BackendPool) -> SemanticCa
         quality = QualityMeasure(q.measure, q.threshold, embedder)
     cache = SemanticCache(name, sc, pool.encoder(sc.encoder), task.cache_ttl_s or 86_400)
     cache.quality = quality
+    cache.n_labels = len(task.labels) if task.kind == "classify" and task.labels else None
     # the levels that read the prompt's embedding may reuse this one if it is theirs
     readers = [lv.backend for lv in task.levels if lv.kind == "encoder"]
     readers += [getattr(lv.params, "embed", None) for lv in task.levels if lv.kind != "encoder"]
@@ -97,7 +98,7 @@ async def semantic_lookup(
     if sem.shares_embedding and not messages:
         q.shared.setdefault("embedding", vec)
     answers, own, parts = partitions(rt, q, tenant, context)
-    look = sem.lookup(parts, vec)
+    look = sem.lookup(parts, vec, len(text))
     look.part, look.own, look.text = answers, own, text
     look.lookup_ms = (time.perf_counter() - t0) * 1000
     return look
@@ -133,9 +134,14 @@ async def semantic_after(
         return deltas
     n = look.neighbour
     agreed = False
-    if n is not None and n.similarity >= sem.gate.floor:
+    if n is not None and look.features is not None and n.similarity >= sem.gate.floor:
         agreed = await anyio.to_thread.run_sync(agrees, sem, rt.config.kind, look, served)
-        deltas = sem.observe(n, agreed)
+        row = sem.comparison(look.features, agreed)
+        row_id = await store.sem_append(
+            sem.task + COMPARISONS, row, COMPARISON_TTL_S, sem.cfg.comparisons
+        )
+        await anyio.to_thread.run_sync(sem.learn, row_id, row)  # may refit the gate's model
+        deltas = {TaskStat.SEM_COMPARED: 1.0, TaskStat.SEM_COMPARED_AGREE: float(agreed)}
         if look.decision.verify:
             deltas[TaskStat.SEM_VERIFIED] = 1
             deltas[TaskStat.SEM_VERIFIED_AGREE] = float(agreed)
@@ -178,8 +184,8 @@ def record_of(look: Lookup | None) -> dict[str, Any] | None:
 
 
 async def semantic_sync(store: Store, sem: SemanticCache, batch: int = 1000) -> int:
-    """Index every entry other gateways (and this one) appended since the last sync; adopt
-    the gate's shared sums. Returns how many entries were read."""
+    """Index every entry other gateways (and this one) appended since the last sync, and learn
+    from the comparisons they logged. Returns how many entries were read."""
     read = 0
     while True:
         rows = await store.sem_read(sem.task, sem.cursor, batch)
@@ -189,6 +195,14 @@ async def semantic_sync(store: Store, sem: SemanticCache, batch: int = 1000) -> 
             sem.index(entry_id, fields)
         sem.cursor = rows[-1][0]
         read += len(rows)
+        if len(rows) < batch:
+            break
+    while True:
+        rows = await store.sem_read(sem.task + COMPARISONS, sem.cmp_cursor, batch)
+        if not rows:
+            break
+        await anyio.to_thread.run_sync(sem.learn_shared, rows)
+        sem.cmp_cursor = rows[-1][0]
         if len(rows) < batch:
             break
     return read

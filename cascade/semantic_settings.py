@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class SemanticCacheConfig(BaseModel):
-    """Serve a cached large-LM answer to a request worded differently, where a learned
-    similarity threshold shows the target agreement (``policies.semantic``)."""
+    """Serve a cached large-LM answer to a request worded differently, where the learned
+    gate shows the target agreement (``policies.semantic``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -30,11 +28,9 @@ class SemanticCacheConfig(BaseModel):
     verify_share: float = Field(
         0.05, ge=0.0, le=1.0, description="least share of would-be hits checked by the cascade"
     )
-    min_samples: int = Field(30, ge=1, description="comparisons before a band serves a hit")
-    record_bands: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
-        [0.6, 0.75, 0.9],
-        description="classify: bands of the large LM's confidence in a cached answer, each "
-        "with its own learned threshold (an answer given at 51% is replayed wrong more often)",
+    min_samples: int = Field(30, ge=1, description="comparisons before the gate serves a hit")
+    comparisons: int = Field(
+        5000, ge=10, description="the gate learns from this many latest comparisons (shared log)"
     )
     z: float = Field(1.28, gt=0.0, description="Wilson lower bound's z (1.28: one-sided 90%)")
     max_entries: int = Field(20_000, ge=1, description="entries kept per task (shared log)")

@@ -12,7 +12,8 @@ never written here. They go to a log in the store (capped, aged out), and every 
 its own approximate-nearest-neighbour index (usearch, HNSW) from that log in the background,
 so an answer cached by one replica is a hit on all of them within a poll interval; the lookup
 itself makes no round trip. Whether a neighbour's answer is served is the
-``policies.semantic.SimilarityGate``'s call.
+``policies.semantic`` gate's call; its comparisons go to a second log, so every gateway learns
+from all of them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ from usearch.index import Index
 
 from cascade.quality import QualityMeasure
 from cascade.semantic_settings import SemanticCacheConfig
-from policies.semantic import MISS, GateDecision, StratifiedGate
+from policies.semantic import (
+    FEATURES,
+    MISS,
+    NEIGHBOURS,
+    FixedGate,
+    GateDecision,
+    LearnedGate,
+    neighbour_features,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +48,11 @@ log = logging.getLogger(__name__)
 #: the large LM's newer answer to the same words).
 SAME_VECTOR = 0.9999
 
-#: Counter-name prefix of the gate's shared sums (the store's per-task counters).
-GATE_PREFIX = "semgate:"
+#: The store log of a task's gate comparisons is the task's log name with this suffix.
+COMPARISONS = ":comparisons"
+
+#: How long a comparison stays in the shared log (the gate's window caps it too).
+COMPARISON_TTL_S = 30 * 86_400
 
 
 class Embedder(Protocol):
@@ -76,6 +88,7 @@ class Lookup:
     vec: np.ndarray
     neighbour: Neighbour | None
     decision: GateDecision
+    features: np.ndarray | None = None  # what the gate saw (None: no neighbour)
     lookup_ms: float = 0.0
     own: str = ""  # this tenant's own partition: where its /feedback corrections go
     text: str = ""  # what was embedded
@@ -108,15 +121,17 @@ class _Index:
         if self.entries.pop(key, None) is not None:
             self.index.remove(key)
 
-    def nearest(self, vec: np.ndarray, k: int, now: float) -> Neighbour | None:
+    def nearest(self, vec: np.ndarray, k: int, now: float) -> list[Neighbour]:
+        """Up to ``k`` live entries, nearest first (expired ones are skipped, not counted)."""
         if not self.entries:
-            return None
-        found = self.index.search(vec, min(k, len(self.entries)))
+            return []
+        found = self.index.search(vec, min(2 * k, len(self.entries)))
+        out = []
         for key, dist in zip(found.keys, found.distances, strict=True):
             entry = self.entries.get(int(key))
             if entry is not None and entry.expires > now:
-                return Neighbour(entry, float(1.0 - dist))
-        return None
+                out.append(Neighbour(entry, float(1.0 - dist)))
+        return out[:k]
 
 
 class SemanticCache:
@@ -129,14 +144,17 @@ class SemanticCache:
         self.cfg = cfg
         self.encoder = encoder
         self.ttl_s = cfg.ttl_s or ttl_s
-        self.gate = StratifiedGate(
-            cfg.record_bands,
-            target=cfg.target_agreement,
-            floor=cfg.floor,
-            z=cfg.z,
-            min_samples=cfg.min_samples,
-            verify_share=cfg.verify_share,
-            fixed=cfg.fixed_threshold,
+        self.gate: LearnedGate | FixedGate = (
+            FixedGate(cfg.fixed_threshold, cfg.floor)
+            if cfg.fixed_threshold is not None
+            else LearnedGate(
+                target=cfg.target_agreement,
+                floor=cfg.floor,
+                z=cfg.z,
+                min_samples=cfg.min_samples,
+                verify_share=cfg.verify_share,
+                window=cfg.comparisons,
+            )
         )
         self._indexes: dict[str, _Index] = {}
         self._order: deque[tuple[int, str]] = deque()  # (key, partition), oldest first
@@ -145,7 +163,9 @@ class SemanticCache:
         self._next_key = 0
         self.cursor: str | None = None  # the last log entry this process has indexed
         self.rng = np.random.default_rng(seed)
-        self.local_sums: dict[str, float] = {}  # this process's gate evidence, cumulative
+        self.cmp_cursor: str | None = None  # the last comparison read from the shared log
+        self._own_cmp: set[str] = set()  # comparisons this process logged (already learned)
+        self.n_labels: int | None = None  # a classify task's label count (the vote's prior)
         self.quality: QualityMeasure | None = None  # a generate task's measure of agreement
         self.shares_embedding = False  # the task's levels may reuse the request's embedding
 
@@ -156,7 +176,7 @@ class SemanticCache:
         """The gate's thresholds and the agreement behind them, for ``/admin/stats``."""
         return {
             "entries": len(self),
-            "target_agreement": None if self.gate.fixed is not None else self.gate.target,
+            "target_agreement": self.gate.target,
             "fixed_threshold": self.gate.fixed,
             **self.gate.summary(),
         }
@@ -166,19 +186,28 @@ class SemanticCache:
     def embed(self, text: str) -> np.ndarray:
         return np.asarray(self.encoder.embed([text])[0], dtype=np.float32)
 
-    def lookup(self, parts: list[str], vec: np.ndarray) -> Lookup:
-        """The nearest live neighbour in ``parts`` and the gate's decision on it."""
+    def lookup(self, parts: list[str], vec: np.ndarray, length: int = 0) -> Lookup:
+        """The nearest live neighbours in ``parts`` and the gate's decision on the nearest
+        (``length``: the request's, in characters, one of the gate's features)."""
         now = time.time()
-        best: Neighbour | None = None
+        found: list[Neighbour] = []
         for p in parts:
             idx = self._indexes.get(p)
-            n = idx.nearest(vec, 4, now) if idx is not None else None
-            if n is not None and (best is None or n.similarity > best.similarity):
-                best = n
-        if best is None:
+            if idx is not None:
+                found += idx.nearest(vec, NEIGHBOURS, now)
+        if not found:
             return Lookup(parts[0], parts, vec, None, MISS)
-        decision = self.gate.decide(best.similarity, best.entry.record, self.rng.random())
-        return Lookup(parts[0], parts, vec, best, decision)
+        found.sort(key=lambda n: -n.similarity)
+        found = found[:NEIGHBOURS]
+        x = neighbour_features(
+            [n.similarity for n in found],
+            [n.entry.label for n in found],
+            [n.entry.record for n in found],
+            length,
+            self.n_labels,
+        )
+        decision = self.gate.decide(x, self.rng.random())
+        return Lookup(parts[0], parts, vec, found[0], decision, x)
 
     # ------------------------------------------------------------------ entries
 
@@ -228,8 +257,8 @@ class SemanticCache:
         if idx is None:
             idx = self._indexes[entry.part] = _Index(entry.vec.shape[0])
         same = idx.nearest(entry.vec, 1, 0.0)
-        if same is not None and same.similarity >= SAME_VECTOR:  # the newer answer replaces it
-            self.forget(same.entry.entry_id)
+        if same and same[0].similarity >= SAME_VECTOR:  # the newer answer replaces it
+            self.forget(same[0].entry.entry_id)
             idx = self._indexes.setdefault(entry.part, _Index(entry.vec.shape[0]))
         key = self._next_key
         self._next_key += 1
@@ -258,20 +287,38 @@ class SemanticCache:
 
     # ------------------------------------------------------------------ the gate's evidence
 
-    def observe(self, n: Neighbour, agreed: bool) -> dict[str, float]:
-        """A comparison: into the local gate at once, and as counter deltas for the store."""
-        deltas = self.gate.observe(n.similarity, n.entry.record, agreed)
-        deltas = {GATE_PREFIX + k: v for k, v in deltas.items()}
-        for k, v in deltas.items():
-            self.local_sums[k] = self.local_sums.get(k, 0.0) + v
-        return deltas
+    def comparison(self, features: np.ndarray, agreed: bool) -> dict[str, str]:
+        """One comparison as a shared-log row (``learn`` reads it back)."""
+        return {"f": ",".join(f"{v:.5f}" for v in features), "a": "1" if agreed else "0"}
 
-    def load_shared(self, counters: dict[str, float]) -> None:
-        """Adopt every gateway's counts (the store's counters). They hold this process's own
-        once flushed; until then its own count is the larger, so each count is the larger of
-        the two (``local_sums`` only grows, as the shared ones do)."""
-        shared = {
-            k[len(GATE_PREFIX) :]: v for k, v in counters.items() if k.startswith(GATE_PREFIX)
-        }
-        mine = {k[len(GATE_PREFIX) :]: v for k, v in self.local_sums.items()}
-        self.gate.load({k: max(shared.get(k, 0.0), mine.get(k, 0.0)) for k in shared.keys() | mine})
+    def learn(self, row_id: str | None, fields: dict[str, str]) -> None:
+        """A comparison this process made (``row_id``: its id in the shared log, None when
+        the log was unreachable): into the gate at once, and never again from the log."""
+        if row_id is not None:
+            self._own_cmp.add(row_id)
+        x, agreed = _parse_comparison(fields)
+        if x is not None:
+            self.gate.observe(x, agreed)
+
+    def learn_shared(self, rows: list[tuple[str, dict[str, str]]]) -> None:
+        """Comparisons read from the shared log; those this process made are already in."""
+        parsed = []
+        for row_id, fields in rows:
+            if row_id in self._own_cmp:
+                self._own_cmp.discard(row_id)
+                continue
+            x, agreed = _parse_comparison(fields)
+            if x is not None:
+                parsed.append((x, agreed))
+        if parsed:
+            self.gate.observe_many(parsed)
+
+
+def _parse_comparison(fields: dict[str, str]) -> tuple[np.ndarray | None, bool]:
+    try:
+        x = np.array([float(v) for v in fields["f"].split(",")])
+    except (KeyError, ValueError):  # a foreign or damaged row: skip it
+        return None, False
+    if x.shape != (len(FEATURES),) or not np.isfinite(x).all():
+        return None, False
+    return x, fields.get("a") == "1"

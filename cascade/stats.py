@@ -98,6 +98,7 @@ def semantic_stats(c: dict[str, float], requests: float) -> dict[str, Any]:
         "verified": int(n),
         "verified_agreement": _r(agree / n) if n else None,
         "verified_agreement_ci95": [_r(x) for x in ci] if (ci := wilson(agree, n)) else None,
+        "comparisons": int(c.get(TaskStat.SEM_COMPARED, 0.0)),
     }
 
 

@@ -1,39 +1,55 @@
 """When may a cached neighbour's answer be served for a request that is not byte-for-byte equal?
 
 Peers serve a semantic hit whenever the cosine similarity passes one fixed threshold, which
-replays wrong answers wherever near-equal wording gets another answer. ``SimilarityGate``
-learns the threshold online instead, the way a level's operating point is learned: every
-labelled comparison says, for one similarity, whether the neighbour's answer agreed with what
-the large LM answered for the request itself. The gate serves a hit only at similarities where
-the agreement's one-sided Wilson lower bound is at or above the target.
+replays wrong answers wherever near-equal wording gets another answer. ``LearnedGate`` learns
+instead, the way a level's operating point is learned: every labelled *comparison* says, for
+one request and its nearest cached neighbour, whether the neighbour's answer agreed with what
+the large LM answered for the request itself. A logistic model scores P(agree) from what the
+lookup sees (``neighbour_features``: the similarity, the large LM's confidence in the cached
+answer, whether the next neighbours back that answer, the request's length), and the gate
+serves a hit only at scores where the agreement of the comparisons at or above the score has a
+one-sided Wilson lower bound at or above the target.
 
 Comparisons come from two places:
 
 - **Misses that reached the large LM** with a neighbour above ``floor``: free (the large LM ran
-  anyway). They cover similarities below the current threshold.
-- **Verified would-be hits**: a share of the requests the gate would serve is run through the
-  cascade anyway, to keep measuring what it serves.
+  anyway). They cover scores below the current threshold.
+- **Verified would-be hits**: a share (``verify_share``) of the requests the gate would serve
+  is run through the cascade anyway, to keep measuring what it serves.
 
 Both count once. Above the threshold only the verified share is sampled, so pooled counts
 weigh the region just below it more than the hits do; there agreement is lowest, so the
-estimate errs on the safe side (weighting by the inverse sampling share would remove that
-bias, at the price of an effective sample size that collapses whenever the share drops).
+estimate errs on the safe side. The model is fit on every comparison kept (a sliding window),
+re-scored at each refit, so the threshold moves with the model.
 
-``StratifiedGate`` keeps one gate per band of a second feature, the neighbour's own record
-(for a classify task, the large LM's confidence in the cached answer): an answer the large LM
-gave at 51% is replayed wrong far more often than one it gave at 90%, at any similarity.
-Counts are sums, stored as the store's counters, so every replica serves with what all of them
-have compared.
+Why a model and not a cosine threshold per band of confidence (the first version): on the
+disaster-tweet traffic the bands gave 61 semantic hits at target 0.95; a logistic model over
+the same two signals and the neighbours' votes serves about five times as many at the same
+target (``bench semcache``). An answer the large LM gave at 51% is replayed wrong far more
+often than one it gave at 90%, at any similarity, and a neighbour whose own neighbours carry
+the other label is an outlier: a threshold on one axis cannot see either.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from policies.operating import wilson_lower
+
+#: What ``neighbour_features`` returns, in order (the model's inputs, and the report's names).
+FEATURES = ("similarity", "record", "support", "same_label", "second", "length")
+
+#: Neighbours read per lookup (the nearest is the one whose answer may be served).
+NEIGHBOURS = 8
+
+#: Softmax temperature over similarities when the neighbours vote on the nearest's label.
+VOTE_TAU = 0.05
 
 
 @dataclass(frozen=True)
@@ -43,27 +59,65 @@ class GateDecision:
     serve: bool  # answer with the neighbour's answer
     verify: bool  # would serve, but run the cascade to check it (a verification sample)
     p: float  # the probability with which a would-be hit is verified
+    score: float | None = None  # the model's P(agree), where it has one
 
 
 MISS = GateDecision(False, False, 0.0)
 
 
-class SimilarityGate:
-    """A similarity threshold held at a target agreement with the large LM.
+def neighbour_features(
+    sims: Sequence[float],
+    labels: Sequence[str | None],
+    records: Sequence[float | None],
+    length: int,
+    n_labels: int | None = None,
+) -> np.ndarray:
+    """The lookup as the gate's model sees it; neighbours nearest first, at least one.
 
-    ``fixed`` turns learning off: serve every neighbour at or above that cosine, as peers do
-    (the benchmark's baselines, or an operator's explicit choice).
+    ``records`` are the large LM's confidence in each cached answer (None: unknown, as for
+    generated text). ``support`` is the neighbours' similarity-weighted belief in the nearest
+    one's label: each neighbour with that label lends its confidence, each with another lends
+    its doubt spread over the other labels. Without labels (generation) the vote features sit
+    at 0.5 and the model leans on the rest.
     """
+    s = np.asarray(sims, dtype=np.float64)
+    first = labels[0]
+    rec = [0.5 if r is None else float(r) for r in records]
+    if first is None:
+        support = same = 0.5
+    else:
+        others = max(1, (n_labels or 2) - 1)
+        belief = np.array(
+            [r if lab == first else (1.0 - r) / others for lab, r in zip(labels, rec, strict=True)]
+        )
+        w = np.exp((s - s[0]) / VOTE_TAU)
+        support = float((w * belief).sum() / w.sum())
+        next_ = labels[1:4]
+        same = sum(lab == first for lab in next_) / len(next_) if next_ else 0.5
+    second = float(s[1]) if len(s) > 1 else 0.0
+    return np.array([float(s[0]), rec[0], support, same, second, math.log1p(max(length, 0)) / 5.0])
+
+
+def _expand(x: np.ndarray) -> np.ndarray:
+    """The model's inputs: the features and the similarity's products with the record and
+    the support (a close neighbour is worth more when its answer was sure)."""
+    x = np.atleast_2d(x)
+    return np.column_stack([x, x[:, 0] * x[:, 1], x[:, 0] * x[:, 2]])
+
+
+class LearnedGate:
+    """A threshold on a learned P(agree), held at a target agreement with the large LM."""
 
     def __init__(
         self,
         target: float = 0.95,
         floor: float = 0.5,
-        bin_width: float = 0.01,
         z: float = 1.28,
         min_samples: int = 30,
         verify_share: float = 0.05,
-        fixed: float | None = None,
+        window: int = 5000,
+        refit_every: int = 10,
+        c: float = 1.0,
     ) -> None:
         if not 0.0 < target <= 1.0:
             raise ValueError(f"target must be in (0, 1], got {target}")
@@ -71,130 +125,128 @@ class SimilarityGate:
             raise ValueError(f"floor must be in [0, 1), got {floor}")
         self.target = target
         self.floor = floor
-        self.bin_width = bin_width
         self.z = z
         self.min_samples = min_samples
         self.verify_share = verify_share
-        self.fixed = fixed
-        self.n_bins = math.ceil((1.0 - floor) / bin_width) + 1
-        self.n = [0.0] * self.n_bins  # comparisons per similarity bin
-        self.agree = [0.0] * self.n_bins  # ... whose neighbour's answer agreed
-        self.threshold: float | None = fixed  # None: no similarity has shown the target yet
-        self.support = 0.0  # comparisons at and above the threshold
+        self.refit_every = refit_every
+        self.c = c
+        self.fixed: float | None = None
+        self.rows: deque[tuple[np.ndarray, bool]] = deque(maxlen=window)
+        self.coef: np.ndarray | None = None  # None: no model yet
+        self.intercept = 0.0
+        self.threshold: float | None = None  # None: no score has shown the target yet
+        self.support = 0  # comparisons at and above the threshold
+        self._since = 0  # comparisons since the last refit
 
-    def bin_of(self, similarity: float) -> int:
-        # the epsilon keeps a bin's own edge in it (0.95 is bin 45 of 0.5 + 0.01 k, not 44)
-        i = int((min(similarity, 1.0) - self.floor) / self.bin_width + 1e-9)
-        return max(0, min(self.n_bins - 1, i))
+    def score(self, x: np.ndarray) -> float:
+        """The model's P(agree) for one lookup (a dot product: no library call per request)."""
+        if self.coef is None:
+            return 0.0
+        t = float(_expand(x)[0] @ self.coef + self.intercept)
+        return 1.0 / (1.0 + math.exp(-max(min(t, 50.0), -50.0)))
 
-    def deltas(self, similarity: float, agreed: bool) -> dict[str, float]:
-        """One comparison as counter increments (``load`` reads their sums back)."""
-        b = self.bin_of(similarity)
-        return {f"n:{b}": 1.0, f"a:{b}": float(agreed)}
+    def decide(self, x: np.ndarray, draw: float) -> GateDecision:
+        """``draw`` is uniform in [0, 1): the verification coin."""
+        if x[0] < self.floor or self.threshold is None:
+            return MISS
+        score = self.score(x)
+        if score < self.threshold:
+            return GateDecision(False, False, 0.0, score)
+        p = self.verify_share
+        return GateDecision(draw >= p, draw < p, p, score)
 
-    def observe(self, similarity: float, agreed: bool) -> None:
-        if similarity < self.floor:
+    def observe(self, x: np.ndarray, agreed: bool, refit: bool = True) -> None:
+        if x[0] < self.floor:
             return
-        b = self.bin_of(similarity)
-        self.n[b] += 1.0
-        self.agree[b] += float(agreed)
-        self.refit()
+        self.rows.append((np.asarray(x, dtype=np.float64), bool(agreed)))
+        self._since += 1
+        # refit at every comparison while few, then every ``refit_every``
+        if refit and (len(self.rows) < 200 or self._since >= self.refit_every):
+            self.refit()
 
-    def load(self, counters: Mapping[str, float]) -> None:
-        """Replace the counts with shared totals (``deltas`` keys)."""
-        n, agree = [0.0] * self.n_bins, [0.0] * self.n_bins
-        for name, v in counters.items():
-            s, _, b = name.partition(":")
-            if b.isdigit() and int(b) < self.n_bins and s in ("n", "a"):
-                (n if s == "n" else agree)[int(b)] = float(v)
-        self.n, self.agree = n, agree
+    def observe_many(self, rows: Iterable[tuple[np.ndarray, bool]]) -> None:
+        """Comparisons read from the shared log: one refit after all of them."""
+        for x, agreed in rows:
+            self.observe(x, agreed, refit=False)
         self.refit()
 
     def refit(self) -> None:
-        """The lowest similarity whose agreement at and above it shows the target."""
-        if self.fixed is not None:
+        """Fit P(agree) on the window, then the lowest score whose comparisons at or above it
+        show the target."""
+        self._since = 0
+        if len(self.rows) < self.min_samples:
+            self.coef, self.threshold, self.support = None, None, 0
             return
-        n = a = 0.0
-        best: tuple[float, float] | None = None
-        for b in range(self.n_bins - 1, -1, -1):  # from the most similar down
-            n += self.n[b]
-            a += self.agree[b]
-            if n >= self.min_samples and wilson_lower(a, n, self.z) >= self.target:
-                best = (self.floor + b * self.bin_width, n)
-        self.threshold, self.support = best if best is not None else (None, 0.0)
-
-    def verify_probability(self) -> float:
-        """How often a would-be hit is checked: more while few comparisons stand behind the
-        threshold (``min_samples`` over their count), never below ``verify_share``."""
-        if self.fixed is not None:
-            return 0.0
-        need = self.min_samples / max(self.support, 1.0)
-        return min(1.0, max(self.verify_share, need))
-
-    def decide(self, similarity: float, draw: float) -> GateDecision:
-        """``draw`` is uniform in [0, 1): the verification coin."""
-        t = self.threshold
-        if t is None or similarity < t:
-            return MISS
-        p = self.verify_probability()
-        return GateDecision(False, True, p) if draw < p else GateDecision(True, False, p)
+        x = _expand(np.stack([r[0] for r in self.rows]))
+        y = np.array([r[1] for r in self.rows])
+        self.coef, self.intercept = _fit(x, y, self.c)
+        scores = 1.0 / (1.0 + np.exp(-np.clip(x @ self.coef + self.intercept, -50, 50)))
+        order = np.argsort(-scores, kind="stable")
+        agree = np.cumsum(y[order])
+        best: tuple[float, int] | None = None
+        for k in range(self.min_samples - 1, len(order)):
+            # ties share a score: a threshold sits below the last of them
+            if k + 1 < len(order) and scores[order[k + 1]] == scores[order[k]]:
+                continue
+            if wilson_lower(float(agree[k]), k + 1, self.z) >= self.target:
+                best = (float(scores[order[k]]), k + 1)
+        self.threshold, self.support = best if best is not None else (None, 0)
 
     def summary(self) -> dict[str, Any]:
-        """Agreement of the comparisons at and above the threshold (all of them while there
-        is none), with a 95% interval."""
-        lo = self.bin_of(self.threshold) if self.threshold is not None else 0
-        n, a = sum(self.n[lo:]), sum(self.agree[lo:])
-        out: dict[str, Any] = {"threshold": self.threshold, "comparisons": n}
-        out["agreement"] = a / n if n else None
-        out["ci95"] = [wilson_lower(a, n, 1.96), 1.0 - wilson_lower(n - a, n, 1.96)] if n else None
+        """The threshold, the agreement of the comparisons at and above it (all of them while
+        there is none) with a 95% interval, and the model's weights."""
+        rows = list(self.rows)
+        if self.threshold is not None and self.coef is not None:
+            chosen = [(x, a) for x, a in rows if self.score(x) >= self.threshold]
+        else:
+            chosen = rows
+        n, a = len(chosen), sum(r[1] for r in chosen)
+        sims = [float(x[0]) for x, _ in chosen]
+        out: dict[str, Any] = {
+            "threshold": self.threshold,
+            "comparisons": n,
+            "window": len(rows),
+            "agreement": a / n if n else None,
+            "ci95": [wilson_lower(a, n, 1.96), 1.0 - wilson_lower(n - a, n, 1.96)] if n else None,
+            "verify": self.verify_share if self.threshold is not None else 0.0,
+            "min_similarity": round(min(sims), 4) if sims and self.threshold is not None else None,
+        }
+        if self.coef is not None:
+            names = [*FEATURES, "similarity*record", "similarity*support"]
+            out["weights"] = {k: round(float(v), 3) for k, v in zip(names, self.coef, strict=True)}
         return out
 
 
-class StratifiedGate:
-    """One ``SimilarityGate`` per band of the neighbour's record (``edges`` split [0, 1]):
-    each band holds the target on its own, so the hits together do too."""
+def _fit(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
+    """Logistic regression; with one class only, the intercept alone (a constant score at
+    that class's smoothed rate, so all-agreeing evidence can still open the gate)."""
+    if y.all() or not y.any():
+        p = (y.sum() + 0.5) / (len(y) + 1.0)
+        return np.zeros(x.shape[1]), math.log(p / (1.0 - p))
+    from sklearn.linear_model import LogisticRegression
 
-    def __init__(self, edges: Sequence[float] = (), **gate: Any) -> None:
-        self.edges = sorted(edges)
-        self.gates = [SimilarityGate(**gate) for _ in range(len(self.edges) + 1)]
-        self.floor = self.gates[0].floor
-        self.fixed = self.gates[0].fixed
-        self.target = self.gates[0].target
+    m = LogisticRegression(C=c, max_iter=500).fit(x, y)
+    return m.coef_[0].astype(np.float64), float(m.intercept_[0])
 
-    def band(self, record: float | None) -> int:
-        """The band of a neighbour's record (None, unknown: the lowest band)."""
-        return 0 if record is None else sum(record >= e for e in self.edges)
 
-    def decide(self, similarity: float, record: float | None, draw: float) -> GateDecision:
-        if similarity < self.floor:
-            return MISS
-        return self.gates[self.band(record)].decide(similarity, draw)
+class FixedGate:
+    """Serve every neighbour at or above one cosine, unverified: what peers ship (the
+    benchmark's baselines, or an operator's explicit choice)."""
 
-    def observe(self, similarity: float, record: float | None, agreed: bool) -> dict[str, float]:
-        """Count one comparison; return it as counter increments."""
-        k = self.band(record)
-        self.gates[k].observe(similarity, agreed)
-        return {f"{k}/{name}": v for name, v in self.gates[k].deltas(similarity, agreed).items()}
+    def __init__(self, threshold: float, floor: float = 0.5) -> None:
+        self.fixed: float | None = threshold
+        self.threshold: float | None = threshold
+        self.floor = min(floor, threshold)
+        self.target: float | None = None
 
-    def load(self, counters: Mapping[str, float]) -> None:
-        per: list[dict[str, float]] = [{} for _ in self.gates]
-        for name, v in counters.items():
-            k, _, rest = name.partition("/")
-            if k.isdigit() and int(k) < len(per):
-                per[int(k)][rest] = v
-        for gate, c in zip(self.gates, per, strict=True):
-            gate.load(c)
+    def decide(self, x: np.ndarray, draw: float) -> GateDecision:
+        return GateDecision(True, False, 0.0) if x[0] >= self.threshold else MISS
 
-    @property
-    def threshold(self) -> float | None:
-        """The lowest similarity any band serves at (None: no band serves yet)."""
-        ts = [g.threshold for g in self.gates if g.threshold is not None]
-        return min(ts) if ts else None
+    def observe(self, x: np.ndarray, agreed: bool, refit: bool = True) -> None:
+        """A fixed gate learns nothing (its comparisons still reach the counters)."""
+
+    def observe_many(self, rows: Iterable[tuple[np.ndarray, bool]]) -> None:
+        """Nothing to learn."""
 
     def summary(self) -> dict[str, Any]:
-        bands = []
-        for i, g in enumerate(self.gates):
-            lo = 0.0 if i == 0 else self.edges[i - 1]
-            hi = 1.0 if i == len(self.edges) else self.edges[i]
-            bands.append({"record": [lo, hi], **g.summary(), "verify": g.verify_probability()})
-        return {"threshold": self.threshold, "bands": bands}
+        return {"threshold": self.fixed, "comparisons": 0, "agreement": None, "ci95": None}

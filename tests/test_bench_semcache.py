@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.semcache import MemoEmbedder, SemcacheArgs, run_system, summarise, systems
+from bench.semcache import (
+    MemoEmbedder,
+    SemcacheArgs,
+    other_orders,
+    run_system,
+    summarise,
+    systems,
+)
+from bench.semcache_report import _orders_table
 from bench.streams import Item, Stream
 from cascade.backends import BackendPool
 from cascade.config import load_config
@@ -55,3 +63,22 @@ async def test_systems_rank_as_their_thresholds_say(
     # the verified cache has seen too few comparisons to serve a semantic hit
     verified = rows["verified"]
     assert verified["semantic_hits"] == 0 and verified["gate"]["threshold"] is None
+    # the caches again on two reshuffles of the same requests, the exact cache left out
+    orders = await other_orders(
+        SemcacheArgs(thresholds=(0.8,), targets=(0.95,), orders=2),
+        config,
+        template,
+        pool,
+        stream,
+        0.5,
+        0.01,
+    )
+    assert [(r["order"], r["system"]) for r in orders] == [
+        (1, "fixed"),
+        (1, "verified"),
+        (2, "fixed"),
+        (2, "verified"),
+    ]
+    assert all(r["hits"] >= 1 for r in orders)  # the repeated text is an exact hit in any order
+    table = _orders_table({"orders": orders})
+    assert "| fixed cosine 0.8 |" in table and "order 2" in table and "mean" in table

@@ -104,43 +104,60 @@ async def test_a_fixed_threshold_serves_near_repeats(
         assert 'cascade_semantic_hits_total{task="sentiment"} 1.0' in metrics
 
 
+VARIANTS = [FIRST, NEAR, "a warm film.", "A WARM FILM", "a warm film!!", "a warm, warm film"]
+LEARN_FAST = {"target_agreement": 0.6, "min_samples": 3, "z": 0.5, "verify_share": 0.0}
+
+
 async def test_the_learned_gate_serves_only_once_agreement_is_shown(
     tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer
 ) -> None:
     """Until enough comparisons show the target, near-repeats go to the large LM (each one a
-    comparison); then they are hits. One band (``record_bands: []``): every comparison counts
-    toward the same threshold."""
-    edit = semantic(target_agreement=0.6, min_samples=3, z=0.5, verify_share=0.0, record_bands=[])
-    variants = [FIRST, NEAR, "a warm film.", "A WARM FILM", "a warm film!!", "a warm, warm film"]
-    async with gateway(tmp_path, shared_backends, smol_server.base_url, edit=edit) as client:
-        answers = [await ask(client, v) for v in variants]
+    comparison); then they are hits."""
+    async with gateway(
+        tmp_path, shared_backends, smol_server.base_url, edit=semantic(**LEARN_FAST)
+    ) as client:
+        answers = [await ask(client, v) for v in VARIANTS]
         served = [a for a in answers if a["cache"] == "semantic"]
         first_hit = next(i for i, a in enumerate(answers) if a["cache"] == "semantic")
         assert first_hit >= 4  # at least three comparisons before any hit
         assert all(a["label"] == answers[0]["label"] for a in served)
         stats = await task_stats(client, TASK)
-        gate = stats["semantic_cache"]["gate"]
-        (band,) = gate["bands"]
-        assert gate["threshold"] is not None and band["threshold"] == gate["threshold"]
-        assert band["comparisons"] >= 3 and band["ci95"][0] <= band["agreement"] <= 1.0
+        sem = stats["semantic_cache"]
+        gate = sem["gate"]
+        assert gate["threshold"] is not None and gate["target_agreement"] == 0.6
+        assert gate["comparisons"] >= 3 and gate["ci95"][0] <= gate["agreement"] <= 1.0
+        assert sem["comparisons"] == gate["window"] == first_hit - 1
+        assert set(gate["weights"]) >= {"similarity", "record", "support"}
 
 
-async def test_unsure_answers_wait_for_their_own_evidence(
-    tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer
+async def test_a_replica_learns_from_the_comparisons_another_made(
+    tmp_path: Path, shared_backends: dict, smol_server: LocalLLMServer, redis_prefix: str
 ) -> None:
-    """With a band edge above every answer's confidence, comparisons of unsure answers never
-    open the sure band: only the band that has shown the target serves."""
-    edit = semantic(
-        target_agreement=0.6, min_samples=3, z=0.5, verify_share=0.0, record_bands=[0.999]
-    )
-    variants = [FIRST, NEAR, "a warm film.", "A WARM FILM", "a warm film!!", "a warm, warm film"]
-    async with gateway(tmp_path, shared_backends, smol_server.base_url, edit=edit) as client:
-        answers = [await ask(client, v) for v in variants]
-        stats = await task_stats(client, TASK)
-        low, high = stats["semantic_cache"]["gate"]["bands"]
-        assert high["record"] == [0.999, 1.0] and high["threshold"] is None
-        assert high["comparisons"] == 0 and low["comparisons"] >= 3
-        assert all(a["_headers"]["x-cascade-level"] for a in answers)
+    """Comparisons go to a shared log: a gateway that made none serves once another's
+    comparisons have shown the target."""
+    kw: dict[str, Any] = {
+        "redis_url": REDIS_URL,
+        "prefix": redis_prefix,
+        "edit": semantic(**LEARN_FAST),
+    }
+    url = smol_server.base_url
+    async with (
+        gateway(tmp_path / "one", shared_backends, url, **kw) as one,
+        gateway(tmp_path / "two", shared_backends, url, **kw) as two,
+    ):
+        answers = []
+        for v in VARIANTS[:-1]:  # until one's gate is open
+            answers.append(await ask(one, v))
+            if answers[-1]["cache"] == "semantic":
+                break
+        assert answers[-1]["cache"] == "semantic", answers
+        made = (await task_stats(one, TASK))["semantic_cache"]["gate"]["window"]
+        stats = await wait_for_stats(
+            two, TASK, lambda t: t["semantic_cache"]["gate"]["window"] >= made, timeout_s=3.0
+        )
+        assert stats["semantic_cache"]["gate"]["threshold"] is not None
+        near = await ask(two, VARIANTS[5])
+        assert near["cache"] == "semantic" and near["label"] == answers[0]["label"]
 
 
 async def test_a_tenant_never_gets_another_tenants_answers(

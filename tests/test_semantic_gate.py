@@ -1,104 +1,125 @@
-"""The semantic cache's gate: a similarity threshold held at a target agreement."""
+"""The semantic cache's gate: a learned P(agree) with a threshold held at a target agreement,
+and the features it reads from a lookup's neighbours."""
 
 import random
 
+import numpy as np
 import pytest
 
-from policies.semantic import SimilarityGate, StratifiedGate
+from policies.semantic import FEATURES, FixedGate, LearnedGate, neighbour_features
 
 
-def _feed(gate: SimilarityGate, n: int, seed: int = 0) -> None:
-    """Near-repeats agree 99% of the time above 0.9, 80% in 0.8-0.9, 50% below."""
+def lookup(sim: float, record: float = 0.9, support: float = 0.9) -> np.ndarray:
+    """A lookup's features with the rest at typical values."""
+    return np.array([sim, record, support, 1.0, sim - 0.05, 0.8])
+
+
+def _feed(gate: LearnedGate, n: int, seed: int = 0) -> None:
+    """Near-repeats of sure answers agree 99% of the time above 0.9, 80% in 0.8-0.9, 50%
+    below; a neighbour whose answer was unsure (record 0.55) a quarter less often."""
     rng = random.Random(seed)
     for _ in range(n):
-        sim = rng.uniform(0.5, 1.0)
+        sim, sure = rng.uniform(0.5, 1.0), rng.random() < 0.7
         p = 0.99 if sim >= 0.9 else 0.8 if sim >= 0.8 else 0.5
-        gate.observe(sim, rng.random() < p)
+        p = p if sure else 0.75 * p
+        gate.observe(lookup(sim, 0.95 if sure else 0.55), rng.random() < p)
 
 
 def test_serves_nothing_until_the_target_is_shown():
-    gate = SimilarityGate(target=0.95, min_samples=50)
+    gate = LearnedGate(target=0.95, min_samples=50)
     assert gate.threshold is None
-    assert not gate.decide(0.999, 0.99).serve
-    _feed(gate, 40)  # too few comparisons anywhere
-    assert gate.threshold is None
+    assert not gate.decide(lookup(0.999), 0.99).serve
+    _feed(gate, 40)  # too few comparisons
+    assert gate.threshold is None and not gate.decide(lookup(0.999), 0.99).serve
 
 
-def test_threshold_lands_where_agreement_reaches_the_target():
-    gate = SimilarityGate(target=0.95, min_samples=50)
-    _feed(gate, 4000)
+def test_serves_where_agreement_shows_the_target():
+    gate = LearnedGate(target=0.95, min_samples=50)
+    _feed(gate, 3000)
     assert gate.threshold is not None
-    assert 0.88 <= gate.threshold <= 0.95
-    low = SimilarityGate(target=0.75, min_samples=50)
-    _feed(low, 4000)
-    assert low.threshold is not None and low.threshold < gate.threshold  # a lower bar, more hits
-    assert not gate.decide(gate.threshold - 0.02, 0.99).serve
-    assert gate.decide(0.999, 0.99).serve
+    assert gate.decide(lookup(0.99, 0.95), 0.99).serve  # close and sure
+    assert not gate.decide(lookup(0.99, 0.55), 0.99).serve  # close but unsure: 74%
+    assert not gate.decide(lookup(0.7, 0.95), 0.99).serve  # sure but far: 50%
+    s = gate.summary()
+    assert s["comparisons"] >= 50 and s["agreement"] >= 0.95 and s["ci95"][0] > 0.9
+    assert s["min_similarity"] >= 0.8 and set(FEATURES) <= set(s["weights"])
+    low = LearnedGate(target=0.75, min_samples=50)
+    _feed(low, 3000)
+    assert low.decide(lookup(0.85, 0.95), 0.99).serve  # a lower bar serves more
 
 
 def test_unreachable_target_serves_nothing():
-    gate = SimilarityGate(target=0.999, min_samples=50)
-    _feed(gate, 4000)
+    gate = LearnedGate(target=0.9999, min_samples=50)
+    _feed(gate, 3000)
     assert gate.threshold is None
 
 
-def test_verification_share_is_sized_by_need():
-    gate = SimilarityGate(target=0.9, min_samples=50, verify_share=0.05)
-    _feed(gate, 300)
-    early = gate.verify_probability()
-    _feed(gate, 5000, seed=1)
-    late = gate.verify_probability()
-    assert early > late >= 0.05
-    d = gate.decide(0.999, 0.0)  # the coin came up: a check, not a hit
-    assert d.verify and not d.serve and d.p == late
+def test_agreement_alone_opens_the_gate():
+    """Comparisons that all agree (one class: no logistic fit) still show the target."""
+    gate = LearnedGate(target=0.8, min_samples=20)
+    for i in range(19):
+        gate.observe(lookup(0.9 + i * 0.001), True)
+    assert gate.threshold is None
+    gate.observe(lookup(0.95), True)
+    assert gate.threshold is not None and gate.decide(lookup(0.95), 0.99).serve
 
 
-def test_shared_sums_round_trip_through_counters():
-    a = SimilarityGate(target=0.9)
-    counters: dict[str, float] = {}
-    rng = random.Random(3)
-    for _ in range(2000):
-        sim = rng.uniform(0.5, 1.0)
-        agreed = rng.random() < (0.99 if sim > 0.85 else 0.6)
-        a.observe(sim, agreed)
-        for k, v in a.deltas(sim, agreed).items():  # what the store's counters add up
-            counters[k] = counters.get(k, 0.0) + v
-    b = SimilarityGate(target=0.9)
-    b.load(counters)
+def test_a_share_of_would_be_hits_is_verified():
+    gate = LearnedGate(target=0.9, min_samples=50, verify_share=0.05)
+    _feed(gate, 2000)
+    d = gate.decide(lookup(0.99, 0.95), 0.01)  # the coin came up: a check, not a hit
+    assert d.verify and not d.serve and d.p == 0.05 and d.score is not None
+    d = gate.decide(lookup(0.99, 0.95), 0.5)
+    assert d.serve and not d.verify
+
+
+def test_comparisons_read_back_give_the_same_gate():
+    """What another gateway learns from the shared log is what this one learned."""
+    a = LearnedGate(target=0.9, min_samples=50)
+    _feed(a, 1500, seed=3)
+    b = LearnedGate(target=0.9, min_samples=50)
+    b.observe_many(list(a.rows))
+    a.refit()
     assert b.threshold == pytest.approx(a.threshold)
+    assert np.allclose(b.coef, a.coef)
+
+
+def test_the_window_keeps_the_latest_comparisons():
+    gate = LearnedGate(target=0.9, min_samples=50, window=500)
+    _feed(gate, 1200)
+    assert len(gate.rows) == 500 and gate.summary()["window"] == 500
+
+
+def test_below_the_floor_nothing_counts():
+    gate = LearnedGate(floor=0.6, min_samples=5)
+    for _ in range(10):
+        gate.observe(lookup(0.55), True)
+    assert not gate.rows and gate.threshold is None
 
 
 def test_fixed_threshold_never_learns_or_verifies():
-    gate = SimilarityGate(fixed=0.9)
-    assert gate.decide(0.91, 0.0).serve
-    assert not gate.decide(0.89, 0.0).serve
-    _feed(gate, 1000)
-    assert gate.threshold == 0.9 and gate.verify_probability() == 0.0
+    gate = FixedGate(0.9)
+    assert gate.decide(lookup(0.91, 0.1, 0.1), 0.0).serve
+    assert not gate.decide(lookup(0.89), 0.0).serve
+    gate.observe(lookup(0.95), False)
+    assert gate.threshold == 0.9 and gate.summary()["comparisons"] == 0
 
 
 def test_bad_target_is_refused():
     with pytest.raises(ValueError, match="target"):
-        SimilarityGate(target=1.5)
+        LearnedGate(target=1.5)
 
 
-def test_bands_hold_the_target_each_on_their_own():
-    """Answers the large LM gave unsurely are replayed wrong more often: their band must show
-    the target by itself, and a sure band may serve while an unsure one does not."""
-    gate = StratifiedGate([0.75], target=0.95, min_samples=50)
-    rng = random.Random(5)
-    counters: dict[str, float] = {}
-    for _ in range(3000):
-        sim, sure = rng.uniform(0.9, 1.0), rng.random() < 0.5
-        record = 0.95 if sure else 0.55
-        agreed = rng.random() < (0.995 if sure else 0.8)
-        for k, v in gate.observe(sim, record, agreed).items():
-            counters[k] = counters.get(k, 0.0) + v
-    assert gate.gates[1].threshold is not None and gate.gates[0].threshold is None
-    assert gate.decide(0.99, 0.95, 0.99).serve and not gate.decide(0.99, 0.55, 0.99).serve
-    assert not gate.decide(0.99, None, 0.99).serve  # no record: the lowest band
-    shared = StratifiedGate([0.75], target=0.95, min_samples=50)
-    shared.load(counters)
-    assert shared.threshold == gate.threshold
-    bands = shared.summary()["bands"]
-    assert [b["record"] for b in bands] == [[0.0, 0.75], [0.75, 1.0]]
-    assert bands[1]["agreement"] > 0.98 > bands[0]["agreement"]
+def test_features_read_the_neighbours_vote():
+    sure = neighbour_features([0.95, 0.9, 0.9], ["yes", "yes", "yes"], [0.9, 0.8, 0.8], 80)
+    outlier = neighbour_features([0.95, 0.94, 0.93], ["yes", "no", "no"], [0.9, 0.9, 0.9], 80)
+    assert sure.shape == (len(FEATURES),) and sure[0] == pytest.approx(0.95)
+    assert sure[2] > 0.8 > 0.5 > outlier[2]  # support for the nearest's label
+    assert sure[3] == 1.0 and outlier[3] == 0.0  # the next neighbours' labels
+    assert outlier[4] == pytest.approx(0.94)
+    # three labels: another label's doubt is spread over the other two
+    three = neighbour_features([0.9, 0.9], ["a", "b"], [0.9, 0.6], 10, n_labels=3)
+    assert three[2] == pytest.approx((0.9 + 0.2) / 2)
+    # generation: no labels, no records; one neighbour
+    gen = neighbour_features([0.97], [None], [None], 500)
+    assert list(gen[1:5]) == [0.5, 0.5, 0.5, 0.0] and gen[5] > sure[5]
