@@ -33,6 +33,7 @@ the other label is an outlier: a threshold on one axis cannot see either.
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -137,6 +138,8 @@ class LearnedGate:
         self.threshold: float | None = None  # None: no score has shown the target yet
         self.support = 0  # comparisons at and above the threshold
         self._since = 0  # comparisons since the last refit
+        # requests learn in worker threads, the shared log in another: one writer at a time
+        self._lock = threading.Lock()
 
     def score(self, x: np.ndarray) -> float:
         """The model's P(agree) for one lookup (a dot product: no library call per request)."""
@@ -158,29 +161,36 @@ class LearnedGate:
     def observe(self, x: np.ndarray, agreed: bool, refit: bool = True) -> None:
         if x[0] < self.floor:
             return
-        self.rows.append((np.asarray(x, dtype=np.float64), bool(agreed)))
-        self._since += 1
-        # refit at every comparison while few, then every ``refit_every``
-        if refit and (len(self.rows) < 200 or self._since >= self.refit_every):
-            self.refit()
+        with self._lock:
+            self.rows.append((np.asarray(x, dtype=np.float64), bool(agreed)))
+            self._since += 1
+            # refit at every comparison while few, then every ``refit_every``
+            if refit and (len(self.rows) < 200 or self._since >= self.refit_every):
+                self._refit()
 
     def observe_many(self, rows: Iterable[tuple[np.ndarray, bool]]) -> None:
         """Comparisons read from the shared log: one refit after all of them."""
-        for x, agreed in rows:
-            self.observe(x, agreed, refit=False)
-        self.refit()
+        with self._lock:
+            for x, agreed in rows:
+                if x[0] >= self.floor:
+                    self.rows.append((np.asarray(x, dtype=np.float64), bool(agreed)))
+            self._refit()
 
     def refit(self) -> None:
         """Fit P(agree) on the window, then the lowest score whose comparisons at or above it
         show the target."""
+        with self._lock:
+            self._refit()
+
+    def _refit(self) -> None:
         self._since = 0
         if len(self.rows) < self.min_samples:
             self.coef, self.threshold, self.support = None, None, 0
             return
         x = _expand(np.stack([r[0] for r in self.rows]))
         y = np.array([r[1] for r in self.rows])
-        self.coef, self.intercept = _fit(x, y, self.c)
-        scores = 1.0 / (1.0 + np.exp(-np.clip(x @ self.coef + self.intercept, -50, 50)))
+        coef, intercept = _fit(x, y, self.c)
+        scores = 1.0 / (1.0 + np.exp(-np.clip(x @ coef + intercept, -50, 50)))
         order = np.argsort(-scores, kind="stable")
         agree = np.cumsum(y[order])
         best: tuple[float, int] | None = None
@@ -190,12 +200,17 @@ class LearnedGate:
                 continue
             if wilson_lower(float(agree[k]), k + 1, self.z) >= self.target:
                 best = (float(scores[order[k]]), k + 1)
-        self.threshold, self.support = best if best is not None else (None, 0)
+        threshold, support = best if best is not None else (None, 0)
+        # assigned together once fitted: a request deciding meanwhile never sees a model
+        # half-way through its fit (at worst the new weights with the old threshold)
+        self.coef, self.intercept = coef, intercept
+        self.threshold, self.support = threshold, support
 
     def summary(self) -> dict[str, Any]:
         """The threshold, the agreement of the comparisons at and above it (all of them while
         there is none) with a 95% interval, and the model's weights."""
-        rows = list(self.rows)
+        with self._lock:
+            rows = list(self.rows)
         if self.threshold is not None and self.coef is not None:
             chosen = [(x, a) for x, a in rows if self.score(x) >= self.threshold]
         else:

@@ -123,3 +123,30 @@ def test_features_read_the_neighbours_vote():
     # generation: no labels, no records; one neighbour
     gen = neighbour_features([0.97], [None], [None], 500)
     assert list(gen[1:5]) == [0.5, 0.5, 0.5, 0.0] and gen[5] > sure[5]
+
+
+def test_requests_and_the_log_may_learn_at_once():
+    """Requests learn in worker threads while the shared log is read in another: no
+    comparison is lost and nothing raises (a deque read while appended to would)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gate = LearnedGate(target=0.9, min_samples=50, refit_every=5)
+    rng = random.Random(7)
+    batches = [
+        [(lookup(rng.uniform(0.6, 1.0)), rng.random() < 0.9) for _ in range(300)] for _ in range(4)
+    ]
+
+    def one_by_one(rows: list) -> None:
+        for x, agreed in rows:
+            gate.observe(x, agreed)
+            gate.summary()
+
+    with ThreadPoolExecutor(4) as pool:
+        done = [pool.submit(one_by_one, batches[0]), pool.submit(one_by_one, batches[1])]
+        done += [
+            pool.submit(gate.observe_many, batches[2]),
+            pool.submit(gate.observe_many, batches[3]),
+        ]
+        for f in done:
+            f.result()
+    assert len(gate.rows) == 1200 and gate.summary()["window"] == 1200
