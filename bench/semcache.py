@@ -28,6 +28,10 @@ from bench.streams import Stream, tweet_traffic, without_fuse
 #: Seconds per large-LM call when the timing is skipped (--no-timing): measured here before.
 ASSUMED_LLM_S = 0.45
 
+#: The configured encoder, and the same model with int8 weights (added to the configuration
+#: here): a task whose levels do not embed the request pays the cache's embedding per miss.
+ENCODER, FAST_ENCODER = "minilm", "minilm-int8"
+
 
 @dataclass
 class SemcacheArgs:
@@ -38,7 +42,10 @@ class SemcacheArgs:
     thresholds: tuple[float, ...] = arg(
         (0.8, 0.9, 0.95, 0.98), "fixed cosine thresholds (peers ship 0.8-0.95)"
     )
-    targets: tuple[float, ...] = arg((0.95, 0.99), "target agreements of the verified cache")
+    targets: tuple[float, ...] = arg((0.9, 0.95, 0.99), "target agreements of the verified cache")
+    fast_targets: tuple[float, ...] = arg(
+        (0.95,), "target agreements of the verified cache on the int8 encoder"
+    )
     verify_share: float | None = arg(None, "the verified cache's share of hits verified")
     min_samples: int | None = arg(None, "the verified cache's comparisons before a hit")
     z: float | None = arg(None, "the verified cache's Wilson z")
@@ -65,17 +72,23 @@ class System:
             out["threshold"] = sem["fixed_threshold"]
         if "target_agreement" in sem:
             out["target_agreement"] = sem["target_agreement"]
+        if sem.get("encoder", ENCODER) != ENCODER:
+            out["encoder"] = sem["encoder"]
         return out
 
 
 def systems(args: SemcacheArgs) -> list[System]:
     out = [System("no_cache", None, use_cache=False), System("exact", None)]
-    out += [System("fixed", {"encoder": "minilm", "fixed_threshold": t}) for t in args.thresholds]
+    out += [System("fixed", {"encoder": ENCODER, "fixed_threshold": t}) for t in args.thresholds]
     knobs = {"verify_share": args.verify_share, "min_samples": args.min_samples, "z": args.z}
     learned = {k: v for k, v in knobs.items() if v is not None}
     out += [
-        System("verified", {"encoder": "minilm", "target_agreement": t, **learned})
+        System("verified", {"encoder": ENCODER, "target_agreement": t, **learned})
         for t in args.targets
+    ]
+    out += [
+        System("verified", {"encoder": FAST_ENCODER, "target_agreement": t, **learned})
+        for t in args.fast_targets
     ]
     return out
 
@@ -107,15 +120,22 @@ def _large_only(stream: Stream, config: Any, task: str) -> Any:
     return template.model_copy(update={"levels": [template.levels[-1]]})
 
 
-def _pool(config: Any, models_dir: Path, replay: Any) -> tuple[Any, Any]:
-    """Backends with recorded large-LM answers and a memo over the encoder; and the encoder
-    itself, for timing."""
+def with_fast_encoder(config: Any) -> Any:
+    """The configuration with ``FAST_ENCODER``: the configured encoder's model, int8."""
+    enc = config.backends[ENCODER]
+    fast = enc.model_copy(update={"precision": "int8"})
+    return config.model_copy(update={"backends": {**config.backends, FAST_ENCODER: fast}})
+
+
+def _pool(config: Any, models_dir: Path, replay: Any) -> tuple[Any, dict[str, Any]]:
+    """Backends with recorded large-LM answers and a memo over each encoder; and the
+    encoders themselves, for timing."""
     from bench.harness import quiet_llama
     from cascade.backends import BackendPool
 
     with quiet_llama():
         pool = BackendPool(config, models_dir, cache=replay, wrap=_memo_encoders)
-        return pool, pool.encoder("minilm").backend
+        return pool, {n: pool.encoder(n).backend for n in (ENCODER, FAST_ENCODER)}
 
 
 def _memo_encoders(kind: str, backend: Any) -> Any:
@@ -186,7 +206,7 @@ async def run_system(
 
 
 async def time_lookups(
-    template: Any, base: Any, pool: Any, encoder: Any, stream: Stream, n: int
+    template: Any, base: Any, pool: Any, encoder: Any, stream: Stream, n: int, name: str = ENCODER
 ) -> dict[str, float]:
     """Lookup latency on the encoder itself (no memo), against an index holding the rest of
     the stream: the full lookup (embedding, partition, search) and the search alone."""
@@ -198,7 +218,7 @@ async def time_lookups(
     from cascade.semantic import partitions, semantic_lookup
     from cascade.store.memory import MemoryStore
 
-    sem_cfg = {"encoder": "minilm", "target_agreement": 0.95}
+    sem_cfg = {"encoder": name, "target_agreement": 0.95}
     task = type(template).model_validate({**template.model_dump(), "semantic_cache": sem_cfg})
     config = base.model_copy(update={"tasks": {"bench": task}})
     cascade = Cascade(config, pool, MemoryStore(Path(tempfile.mkdtemp(prefix="cg-semtime-"))))
@@ -236,6 +256,47 @@ async def time_lookups(
     }
 
 
+def _label(row: dict[str, Any]) -> str:
+    parts = [row["system"], str(row.get("threshold", row.get("target_agreement", "")))]
+    return " ".join(parts + ([row["encoder"]] if "encoder" in row else [])).strip()
+
+
+def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """``a`` serves more hits at no higher error rate, or a lower error rate at no fewer."""
+    return (a["hits"] > b["hits"] and a["error_rate"] <= b["error_rate"]) or (
+        a["error_rate"] < b["error_rate"] and a["hits"] >= b["hits"]
+    )
+
+
+def target_checks(rows: list[dict[str, Any]], orders: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets, checked on this run: each verified cache's error rate within
+    1 - target + 0.01; at target 0.95 at least twice the exact cache's hits; and for each
+    fixed threshold, which verified caches dominate it, on this order and on each further one."""
+    exact = next(r for r in rows if r["system"] == "exact")
+    verified = [r for r in rows if r["system"] == "verified"]
+    fixed = [r for r in rows if r["system"] == "fixed"]
+    out: dict[str, Any] = {
+        "error_within_bound": {
+            _label(r): r["error_rate"] <= round(1 - r["target_agreement"] + 0.01, 6)
+            for r in verified
+        },
+        "hits_over_exact": {
+            _label(r): round(r["hits"] / max(exact["hits"], 1), 2) for r in verified
+        },
+        "dominated_by": {
+            _label(f): [_label(v) for v in verified if dominates(v, f)] for f in fixed
+        },
+    }
+    for k in sorted({r["order"] for r in orders}):
+        mine = [r for r in orders if r["order"] == k]
+        out[f"dominated_by_order_{k}"] = {
+            _label(f): [_label(v) for v in mine if v["system"] == "verified" and dominates(v, f)]
+            for f in mine
+            if f["system"] == "fixed"
+        }
+    return out
+
+
 async def other_orders(
     args: SemcacheArgs,
     config: Any,
@@ -266,13 +327,23 @@ async def other_orders(
                 llm_labels = [o.label for o in outs]
                 continue
             row = summarise(sys_, outs, llm_labels, run_s, llm_s, lookup_s)
-            keep = ("system", "threshold", "target_agreement", "hits", "error_rate", "hit_rate")
+            keep = (
+                "system",
+                "threshold",
+                "target_agreement",
+                "encoder",
+                "hits",
+                "error_rate",
+                "hit_rate",
+            )
             out.append({"order": k, **{c: row[c] for c in keep if c in row}})
             print(out[-1], flush=True)
     return out
 
 
-def _miss_path(timing: dict[str, float] | None, llm_s: float) -> dict[str, float] | None:
+def _miss_path(
+    timing: dict[str, float] | None, fast: dict[str, float] | None, llm_s: float
+) -> dict[str, float] | None:
     """What a lookup adds to a request that misses, against the miss path without it (a
     large-LM call at the measured seconds): a task whose levels embed the request anyway
     (an encoder level: the lookup reuses that embedding) adds the search; one without pays
@@ -286,6 +357,14 @@ def _miss_path(timing: dict[str, float] | None, llm_s: float) -> dict[str, float
         "added_ms_p50_without_encoder_level": timing["lookup_ms_p50"],
         "ratio_with_encoder_level": round((miss_ms + timing["search_ms_p50"]) / miss_ms, 4),
         "ratio_without_encoder_level": round((miss_ms + timing["lookup_ms_p50"]) / miss_ms, 4),
+        **(
+            {
+                "added_ms_p50_int8_encoder": fast["lookup_ms_p50"],
+                "ratio_int8_encoder": round((miss_ms + fast["lookup_ms_p50"]) / miss_ms, 4),
+            }
+            if fast
+            else {}
+        ),
     }
 
 
@@ -321,15 +400,20 @@ async def semcache_bench(args: SemcacheArgs) -> dict[str, Any]:
         f"distinct texts); {missing} large-LM answers to compute",
         flush=True,
     )
-    timing = None
+    timing = fast = None
     if args.timing:  # before the large LM's server starts: it would compete for the cores
         os.environ.setdefault("LLM_BASE_URL", "http://127.0.0.1:9/v1")  # never called here
-        config = load_bench_config(args.config or settings.config_path)
-        pool, encoder = _pool(config, models_dir, replay)
+        config = with_fast_encoder(load_bench_config(args.config or settings.config_path))
+        pool, encoders = _pool(config, models_dir, replay)
+        large_only = _large_only(stream, config, args.task)
         timing = await time_lookups(
-            _large_only(stream, config, args.task), config, pool, encoder, stream, args.timing_n
+            large_only, config, pool, encoders[ENCODER], stream, args.timing_n
         )
         print(f"lookup: {timing}", flush=True)
+        fast = await time_lookups(
+            large_only, config, pool, encoders[FAST_ENCODER], stream, args.timing_n, FAST_ENCODER
+        )
+        print(f"lookup, int8 encoder: {fast}", flush=True)
         if not settings.llm_base_url:
             del os.environ["LLM_BASE_URL"]
     with local_large_llm(models_dir, settings.data_dir, enabled=need_server) as url:
@@ -337,9 +421,9 @@ async def semcache_bench(args: SemcacheArgs) -> dict[str, Any]:
             os.environ["LLM_BASE_URL"] = url
         elif not settings.llm_base_url:
             os.environ["LLM_BASE_URL"] = "http://127.0.0.1:9/v1"  # all recorded: never called
-        config = load_bench_config(args.config or settings.config_path)
+        config = with_fast_encoder(load_bench_config(args.config or settings.config_path))
         template = _large_only(stream, config, args.task)
-        pool, encoder = _pool(config, models_dir, replay)
+        pool, _ = _pool(config, models_dir, replay)
         llm_s = ASSUMED_LLM_S
         if args.timing:
             ctx = BenchContext(config, models_dir, replay, stream.name)
@@ -369,9 +453,11 @@ async def semcache_bench(args: SemcacheArgs) -> dict[str, Any]:
         "llm_seconds_per_call": round(llm_s, 4),
         "llm_seconds_measured": args.timing,
         "timing": timing,
-        "miss_path": _miss_path(timing, llm_s),
+        "timing_int8_encoder": fast,
+        "miss_path": _miss_path(timing, fast, llm_s),
         "runs": rows,
         "orders": orders,
+        "targets": target_checks(rows, orders),
     }
     if args.out is not None:
         write_json(args.out, payload)

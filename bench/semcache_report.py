@@ -11,7 +11,8 @@ def _name(row: dict[str, Any]) -> str:
     if "threshold" in row:
         return f"fixed cosine {row['threshold']}"
     if "target_agreement" in row:
-        return f"verified, target {row['target_agreement']}"
+        enc = f", {row['encoder']} encoder" if "encoder" in row else ""
+        return f"verified, target {row['target_agreement']}{enc}"
     return row["system"].replace("_", " ")
 
 
@@ -76,11 +77,14 @@ def write_semcache_report(payload: dict[str, Any]) -> None:
         f"{m['ratio_with_encoder_level']} to the miss path without it (a large-LM call, "
         f"{m['miss_ms_without']:,.0f} ms here); a task without one pays the embedding too: "
         f"{m['added_ms_p50_without_encoder_level']} ms, ratio "
-        f"{m['ratio_without_encoder_level']}."
+        f"{m['ratio_without_encoder_level']}; with the same model's weights in int8 "
+        f"(`precision: int8`, the verified cache on it is in the table) "
+        f"{m.get('added_ms_p50_int8_encoder')} ms, ratio {m.get('ratio_int8_encoder')}."
         if t and m
         else "Timing skipped (--no-timing): wall ratios use an assumed 0.45 s per large-LM call."
     )
     orders = _orders_table(payload)
+    checks = _targets(payload.get("targets") or {})
     body = f"""## Semantic cache (`cascade-gateway bench semcache`)
 
 {stamp()}. {payload["items"]:,} requests: the disaster tweets in a seeded order with their
@@ -94,6 +98,8 @@ target. JSON: `bench/results/semcache.json`.
 {table}
 
 {orders}
+
+{checks}
 
 {timing}
 
@@ -123,3 +129,20 @@ def _orders_table(payload: dict[str, Any]) -> str:
         "comes first, and a learned gate's early evidence depends on it): hits (error rate "
         "of hits).\n\n" + md_table(head, table)
     )
+
+
+def _targets(t: dict[str, Any]) -> str:
+    """The issue's targets as this run checked them (``bench.semcache.target_checks``)."""
+    if not t:
+        return ""
+    lines = ["Targets, as this run checked them:", ""]
+    for name, ok in t["error_within_bound"].items():
+        lines.append(f"- {name}: error rate within 1 - target + 0.01: {'yes' if ok else 'NO'}")
+    for name, ratio in t["hits_over_exact"].items():
+        lines.append(f"- {name}: {ratio}x the exact cache's hits")
+    for key in [k for k in t if k.startswith("dominated_by")]:
+        where = "this order" if key == "dominated_by" else key.replace("dominated_by_", "")
+        for fixed, by in t[key].items():
+            who = ", ".join(by) if by else "NONE"
+            lines.append(f"- {where}: {fixed} dominated by {who}")
+    return "\n".join(lines)

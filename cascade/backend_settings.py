@@ -41,6 +41,12 @@ class EncoderBackend(_Strict):
     kind: Literal["encoder"]
     model: str = Field("all-MiniLM-L6-v2", description="directory, absolute or under models dir")
     max_length: int = Field(128, ge=8, le=512)
+    precision: Literal["float32", "bfloat16", "int8"] = Field(
+        "float32",
+        description="weights of the forward pass: bfloat16 or int8 (dynamic, per channel) "
+        "trade a little agreement with float32 (cosine >= 0.999 / 0.97 on probe sentences, "
+        "checked at load) for a faster embedding of one short text (about 1.6x / 2.8x here)",
+    )
 
 
 Backend = Annotated[LlamaBackend | OpenAIBackend | EncoderBackend, Field(discriminator="kind")]

@@ -100,7 +100,10 @@ class BackendPool:
         from cascade.backends.encoder import EncoderBackend
 
         path = resolve(self.models_dir, cfg.model)
-        return EncoderBackend(path, cfg.max_length, name=Path(cfg.model).name)
+        name = Path(cfg.model).name
+        if cfg.precision != "float32":  # another vector space: never mixed with float32 ones
+            name = f"{name}-{cfg.precision}"
+        return EncoderBackend(path, cfg.max_length, name=name, precision=cfg.precision)
 
     async def aclose(self) -> None:
         for b in self._made.values():

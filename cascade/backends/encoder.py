@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -19,7 +19,13 @@ from cascade.backends.bert import LeanBert
 
 
 class EncoderBackend:
-    def __init__(self, path: Path, max_length: int = 128, name: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_length: int = 128,
+        name: str | None = None,
+        precision: str = "float32",
+    ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         if not (path / "config.json").is_file():
@@ -42,9 +48,16 @@ class EncoderBackend:
         self.dim = int(self.model.config.hidden_size)
         self._lock = threading.Lock()
         self.lean: LeanBert | None = None
-        lean = LeanBert.load(path, self.model.config)
+        self.precision = precision
+        lean = LeanBert.load(path, self.model.config, precision)
         if lean is not None and self._agrees(lean):
             self.lean = lean
+        elif precision != "float32":
+            raise BackendError(
+                f"encoder {self.name}: precision {precision} needs a plain BERT model whose "
+                "reduced-precision forward pass agrees with float32 on the probe sentences; "
+                "this one does not: use precision float32"
+            )
 
     #: Sentences the lean forward pass must embed as ``BertModel`` does before it is used.
     PROBES = (
@@ -53,17 +66,27 @@ class EncoderBackend:
         "is this review positive or negative? an uneven, often charming film",
     )
 
+    #: How close to ``BertModel``'s float32 embeddings a forward pass must come, by precision:
+    #: float32 the same numbers; reduced precision the same direction (cosine).
+    AGREE: ClassVar[dict[str, float]] = {"bfloat16": 0.999, "int8": 0.97}
+
     def _agrees(self, lean: LeanBert) -> bool:
         model, self.lean = self.model, None
         want = self.embed(list(self.PROBES), forward=model)
         got = self.embed(list(self.PROBES), forward=lean)
-        return bool(np.abs(want - got).max() < 1e-4)
+        if lean.precision == "float32":
+            return bool(np.abs(want - got).max() < 1e-4)
+        return bool((want * got).sum(1).min() >= self.AGREE[lean.precision])
 
     def embed(self, texts: list[str], batch_size: int = 64, forward: Any = None) -> np.ndarray:
         """(len(texts), dim) float32 unit vectors."""
         model_thread()
         torch = self._torch
         forward = forward or self.lean or self.model
+        if isinstance(forward, LeanBert) and forward.precision == "int8":
+            # int8 quantizes each input on the fly over the whole batch (padding included): one
+            # text at a time, so a text gets the same vector in any batch
+            batch_size = 1
         out = []
         with self._lock, torch.inference_mode():
             for i in range(0, len(texts), batch_size):
