@@ -75,6 +75,14 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from bench.tasks import TasksArgs, tasks_bench
+
+    payload = tasks_bench(from_flags(TasksArgs, args))
+    print(json.dumps({k: v for k, v in payload.items() if k != "config"}))
+    return 0
+
+
 def cmd_semcache(args: argparse.Namespace) -> int:
     from bench.semcache import SemcacheArgs, semcache_bench
 
@@ -156,6 +164,9 @@ def cmd_all(args: argparse.Namespace) -> int:
     rc = main(["semcache", "--out", "bench/results/semcache.json", *base])
     if rc:
         return rc
+    rc = main(["tasks", "--out", "bench/results/tasks.json", *base])
+    if rc:
+        return rc
     return main(["load", "--out", "bench/results/load.json", *base])
 
 
@@ -227,6 +238,11 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.Namespace], int]]]
         "the semantic cache against fixed thresholds on traffic with near-repeats",
         "bench.semcache:SemcacheArgs",
         cmd_semcache,
+    ),
+    "tasks": (
+        "start-up time and memory of a gateway with many tasks on shared backends",
+        "bench.tasks:TasksArgs",
+        cmd_tasks,
     ),
     "all": ("run every benchmark", None, cmd_all),
 }
