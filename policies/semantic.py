@@ -133,27 +133,38 @@ class LearnedGate:
         self.c = c
         self.fixed: float | None = None
         self.rows: deque[tuple[np.ndarray, bool]] = deque(maxlen=window)
-        self.coef: np.ndarray | None = None  # None: no model yet
-        self.intercept = 0.0
-        self.threshold: float | None = None  # None: no score has shown the target yet
-        self.support = 0  # comparisons at and above the threshold
+        # the fitted model, replaced whole by each refit (requests read it from other
+        # threads: one attribute, so a reader never pairs one fit's weights with another's
+        # threshold, or checks a threshold that is gone when it compares)
+        self.model = _Model()
         self._since = 0  # comparisons since the last refit
         # requests learn in worker threads, the shared log in another: one writer at a time
         self._lock = threading.Lock()
 
+    @property
+    def threshold(self) -> float | None:
+        """The lowest score served (None: no score has shown the target yet)."""
+        return self.model.threshold
+
+    @property
+    def support(self) -> int:
+        return self.model.support
+
+    @property
+    def coef(self) -> np.ndarray | None:
+        return self.model.coef
+
     def score(self, x: np.ndarray) -> float:
-        """The model's P(agree) for one lookup (a dot product: no library call per request)."""
-        if self.coef is None:
-            return 0.0
-        t = float(_expand(x)[0] @ self.coef + self.intercept)
-        return 1.0 / (1.0 + math.exp(-max(min(t, 50.0), -50.0)))
+        """The model's P(agree) for one lookup."""
+        return self.model.score(x)
 
     def decide(self, x: np.ndarray, draw: float) -> GateDecision:
         """``draw`` is uniform in [0, 1): the verification coin."""
-        if x[0] < self.floor or self.threshold is None:
+        m = self.model
+        if x[0] < self.floor or m.threshold is None:
             return MISS
-        score = self.score(x)
-        if score < self.threshold:
+        score = m.score(x)
+        if score < m.threshold:
             return GateDecision(False, False, 0.0, score)
         p = self.verify_share
         return GateDecision(draw >= p, draw < p, p, score)
@@ -185,7 +196,7 @@ class LearnedGate:
     def _refit(self) -> None:
         self._since = 0
         if len(self.rows) < self.min_samples:
-            self.coef, self.threshold, self.support = None, None, 0
+            self.model = _Model()
             return
         x = _expand(np.stack([r[0] for r in self.rows]))
         y = np.array([r[1] for r in self.rows])
@@ -201,35 +212,51 @@ class LearnedGate:
             if wilson_lower(float(agree[k]), k + 1, self.z) >= self.target:
                 best = (float(scores[order[k]]), k + 1)
         threshold, support = best if best is not None else (None, 0)
-        # assigned together once fitted: a request deciding meanwhile never sees a model
-        # half-way through its fit (at worst the new weights with the old threshold)
-        self.coef, self.intercept = coef, intercept
-        self.threshold, self.support = threshold, support
+        self.model = _Model(coef, intercept, threshold, support)
 
     def summary(self) -> dict[str, Any]:
         """The threshold, the agreement of the comparisons at and above it (all of them while
         there is none) with a 95% interval, and the model's weights."""
         with self._lock:
             rows = list(self.rows)
-        if self.threshold is not None and self.coef is not None:
-            chosen = [(x, a) for x, a in rows if self.score(x) >= self.threshold]
+        m = self.model
+        if m.threshold is not None and m.coef is not None:
+            chosen = [(x, a) for x, a in rows if m.score(x) >= m.threshold]
         else:
             chosen = rows
         n, a = len(chosen), sum(r[1] for r in chosen)
         sims = [float(x[0]) for x, _ in chosen]
         out: dict[str, Any] = {
-            "threshold": self.threshold,
+            "threshold": m.threshold,
             "comparisons": n,
             "window": len(rows),
             "agreement": a / n if n else None,
             "ci95": [wilson_lower(a, n, 1.96), 1.0 - wilson_lower(n - a, n, 1.96)] if n else None,
-            "verify": self.verify_share if self.threshold is not None else 0.0,
-            "min_similarity": round(min(sims), 4) if sims and self.threshold is not None else None,
+            "verify": self.verify_share if m.threshold is not None else 0.0,
+            "min_similarity": round(min(sims), 4) if sims and m.threshold is not None else None,
         }
-        if self.coef is not None:
+        if m.coef is not None:
             names = [*FEATURES, "similarity*record", "similarity*support"]
-            out["weights"] = {k: round(float(v), 3) for k, v in zip(names, self.coef, strict=True)}
+            out["weights"] = {k: round(float(v), 3) for k, v in zip(names, m.coef, strict=True)}
         return out
+
+
+@dataclass(frozen=True)
+class _Model:
+    """One refit's outcome: logistic weights (None: no model yet) and the score threshold
+    with the comparisons behind it."""
+
+    coef: np.ndarray | None = None
+    intercept: float = 0.0
+    threshold: float | None = None
+    support: int = 0
+
+    def score(self, x: np.ndarray) -> float:
+        """P(agree) for one lookup (a dot product: no library call per request)."""
+        if self.coef is None:
+            return 0.0
+        t = float(_expand(x)[0] @ self.coef + self.intercept)
+        return 1.0 / (1.0 + math.exp(-max(min(t, 50.0), -50.0)))
 
 
 def _fit(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:

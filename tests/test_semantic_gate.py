@@ -126,8 +126,9 @@ def test_features_read_the_neighbours_vote():
 
 
 def test_requests_and_the_log_may_learn_at_once():
-    """Requests learn in worker threads while the shared log is read in another: no
-    comparison is lost and nothing raises (a deque read while appended to would)."""
+    """Requests decide and learn in worker threads while the shared log is read in another
+    and the stats read the gate: no comparison is lost and nothing raises (a deque read while
+    appended to would, and so would a threshold checked, then gone when compared)."""
     from concurrent.futures import ThreadPoolExecutor
 
     gate = LearnedGate(target=0.9, min_samples=50, refit_every=5)
@@ -138,6 +139,7 @@ def test_requests_and_the_log_may_learn_at_once():
 
     def one_by_one(rows: list) -> None:
         for x, agreed in rows:
+            gate.decide(x, 0.5)
             gate.observe(x, agreed)
             gate.summary()
 
