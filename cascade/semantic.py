@@ -140,7 +140,8 @@ async def semantic_after(
         row_id = await store.sem_append(
             sem.task + COMPARISONS, row, COMPARISON_TTL_S, sem.cfg.comparisons
         )
-        await anyio.to_thread.run_sync(sem.learn, row_id, row)  # may refit the gate's model
+        logged = row_id is not None
+        await anyio.to_thread.run_sync(sem.learn, logged, row)  # may refit the gate's model
         deltas = {TaskStat.SEM_COMPARED: 1.0, TaskStat.SEM_COMPARED_AGREE: float(agreed)}
         if look.decision.verify:
             deltas[TaskStat.SEM_VERIFIED] = 1

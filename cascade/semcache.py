@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -164,7 +165,9 @@ class SemanticCache:
         self.cursor: str | None = None  # the last log entry this process has indexed
         self.rng = np.random.default_rng(seed)
         self.cmp_cursor: str | None = None  # the last comparison read from the shared log
-        self._own_cmp: set[str] = set()  # comparisons this process logged (already learned)
+        self._own_cmp: set[str] = set()  # tags of comparisons this process made (learned)
+        self._tag = f"{uuid.uuid4().hex[:12]}:"  # this process's comparison tags' prefix
+        self._seq = 0
         self.n_labels: int | None = None  # a classify task's label count (the vote's prior)
         self.quality: QualityMeasure | None = None  # a generate task's measure of agreement
         self.shares_embedding = False  # the task's levels may reuse the request's embedding
@@ -288,14 +291,23 @@ class SemanticCache:
     # ------------------------------------------------------------------ the gate's evidence
 
     def comparison(self, features: np.ndarray, agreed: bool) -> dict[str, str]:
-        """One comparison as a shared-log row (``learn`` reads it back)."""
-        return {"f": ",".join(f"{v:.5f}" for v in features), "a": "1" if agreed else "0"}
+        """One comparison this process made, as a shared-log row. Its tag is remembered
+        before the row can reach the log, so a sync that reads it back (even before this
+        process has learned it) skips it: ``learn`` counts it once, here."""
+        self._seq += 1
+        tag = f"{self._tag}{self._seq}"
+        self._own_cmp.add(tag)
+        return {
+            "f": ",".join(f"{v:.5f}" for v in features),
+            "a": "1" if agreed else "0",
+            "t": tag,
+        }
 
-    def learn(self, row_id: str | None, fields: dict[str, str]) -> None:
-        """A comparison this process made (``row_id``: its id in the shared log, None when
-        the log was unreachable): into the gate at once, and never again from the log."""
-        if row_id is not None:
-            self._own_cmp.add(row_id)
+    def learn(self, logged: bool, fields: dict[str, str]) -> None:
+        """A comparison this process made, into the gate at once (``logged``: it reached the
+        shared log, which will hand it back once; otherwise its tag is dropped now)."""
+        if not logged:
+            self._own_cmp.discard(fields.get("t", ""))
         x, agreed = _parse_comparison(fields)
         if x is not None:
             self.gate.observe(x, agreed)
@@ -303,9 +315,10 @@ class SemanticCache:
     def learn_shared(self, rows: list[tuple[str, dict[str, str]]]) -> None:
         """Comparisons read from the shared log; those this process made are already in."""
         parsed = []
-        for row_id, fields in rows:
-            if row_id in self._own_cmp:
-                self._own_cmp.discard(row_id)
+        for _row_id, fields in rows:
+            tag = fields.get("t", "")
+            if tag in self._own_cmp:
+                self._own_cmp.discard(tag)
                 continue
             x, agreed = _parse_comparison(fields)
             if x is not None:

@@ -71,3 +71,23 @@ def test_report_says_what_the_gate_does(shared_backends: dict) -> None:
     assert rep["fixed_threshold"] == 0.8 and rep["target_agreement"] is None
     assert rep["threshold"] == 0.8 and rep["entries"] == 0
     assert rep["comparisons"] == 0 and rep["agreement"] is None
+
+
+def test_a_comparison_counts_once_however_the_log_hands_it_back(shared_backends: dict) -> None:
+    """A sync may read this process's own comparison from the log (its cursor hands each row
+    back once) before the request that made it has learned it: the tag, remembered before the
+    row is written, keeps it out."""
+    config = SemanticCacheConfig(encoder="minilm", target_agreement=0.9, min_samples=5)
+    sem = SemanticCache("t", config, shared_backends["minilm"], ttl_s=3600)
+    x = np.array([0.95, 0.9, 0.9, 1.0, 0.9, 0.8])
+    mine = sem.comparison(x, True)
+    sem.learn_shared([("1-0", mine)])  # read back first
+    sem.learn(True, mine)
+    assert len(sem.gate.rows) == 1 and not sem._own_cmp
+    other = SemanticCache("t", config, shared_backends["minilm"], ttl_s=3600)
+    theirs = other.comparison(x, False)
+    sem.learn_shared([("2-0", theirs), ("3-0", {"f": "junk", "a": "1"})])  # a bad row: skipped
+    assert len(sem.gate.rows) == 2 and [a for _, a in sem.gate.rows] == [True, False]
+    lost = sem.comparison(x, True)  # the log was unreachable: learned here, tag dropped
+    sem.learn(False, lost)
+    assert len(sem.gate.rows) == 3 and not sem._own_cmp
