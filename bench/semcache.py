@@ -14,7 +14,6 @@ search); everything else (the cascade's own work, with recorded answers) as meas
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from bench.flags import arg
+from bench.semcache_checks import target_checks
+from bench.semcache_timing import miss_path, time_lookups
 from bench.streams import Stream, tweet_traffic, without_fuse
 
 #: Seconds per large-LM call when the timing is skipped (--no-timing): measured here before.
@@ -205,98 +206,6 @@ async def run_system(
     return outs, run_s, report
 
 
-async def time_lookups(
-    template: Any, base: Any, pool: Any, encoder: Any, stream: Stream, n: int, name: str = ENCODER
-) -> dict[str, float]:
-    """Lookup latency on the encoder itself (no memo), against an index holding the rest of
-    the stream: the full lookup (embedding, partition, search) and the search alone."""
-    import tempfile
-
-    from cascade.levels import Query
-    from cascade.prompts import render_messages
-    from cascade.runner import Cascade
-    from cascade.semantic import partitions, semantic_lookup
-    from cascade.store.memory import MemoryStore
-
-    sem_cfg = {"encoder": name, "target_agreement": 0.95}
-    task = type(template).model_validate({**template.model_dump(), "semantic_cache": sem_cfg})
-    config = base.model_copy(update={"tasks": {"bench": task}})
-    cascade = Cascade(config, pool, MemoryStore(Path(tempfile.mkdtemp(prefix="cg-semtime-"))))
-    rt = cascade.tasks["bench"]
-    sem = rt.semantic
-    assert sem is not None
-
-    def query(text: str) -> Query:
-        return Query("bench", text, render_messages(task.prompt, text), task.max_tokens)
-
-    fill = stream.items[:-n]
-    part = partitions(rt, query(fill[0].text), None, "")[0]
-    vecs = encoder.embed([it.text for it in fill])
-    rss0 = _rss_bytes()
-    for j, (it, v) in enumerate(zip(fill, vecs, strict=True)):
-        sem.index(f"{j}-0", sem.entry_fields(part, v, it.text[:60], "yes", "large", 0.8))
-    per_entry = (_rss_bytes() - rss0) / max(len(fill), 1)
-    sem.encoder = encoder  # the encoder itself: what a request pays
-    for it in stream.items[-n - 30 : -n]:  # warm the one-request path (shapes, threads)
-        await semantic_lookup(rt, query(it.text), None, None)
-    full, search = [], []
-    for it in stream.items[-n:]:
-        look = await semantic_lookup(rt, query(it.text), None, None)
-        assert look is not None
-        full.append(look.lookup_ms)
-        t0 = time.perf_counter()
-        sem.lookup(look.parts, look.vec)
-        search.append((time.perf_counter() - t0) * 1000)
-    return {
-        "lookup_ms_p50": round(statistics.median(full), 3),
-        "lookup_ms_p90": round(float(np.percentile(full, 90)), 3),
-        "search_ms_p50": round(statistics.median(search), 3),
-        "index_entries": len(sem),
-        "bytes_per_entry": round(per_entry),
-    }
-
-
-def _label(row: dict[str, Any]) -> str:
-    parts = [row["system"], str(row.get("threshold", row.get("target_agreement", "")))]
-    return " ".join(parts + ([row["encoder"]] if "encoder" in row else [])).strip()
-
-
-def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """``a`` serves more hits at no higher error rate, or a lower error rate at no fewer."""
-    return (a["hits"] > b["hits"] and a["error_rate"] <= b["error_rate"]) or (
-        a["error_rate"] < b["error_rate"] and a["hits"] >= b["hits"]
-    )
-
-
-def target_checks(rows: list[dict[str, Any]], orders: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's targets, checked on this run: each verified cache's error rate within
-    1 - target + 0.01; at target 0.95 at least twice the exact cache's hits; and for each
-    fixed threshold, which verified caches dominate it, on this order and on each further one."""
-    exact = next(r for r in rows if r["system"] == "exact")
-    verified = [r for r in rows if r["system"] == "verified"]
-    fixed = [r for r in rows if r["system"] == "fixed"]
-    out: dict[str, Any] = {
-        "error_within_bound": {
-            _label(r): r["error_rate"] <= round(1 - r["target_agreement"] + 0.01, 6)
-            for r in verified
-        },
-        "hits_over_exact": {
-            _label(r): round(r["hits"] / max(exact["hits"], 1), 2) for r in verified
-        },
-        "dominated_by": {
-            _label(f): [_label(v) for v in verified if dominates(v, f)] for f in fixed
-        },
-    }
-    for k in sorted({r["order"] for r in orders}):
-        mine = [r for r in orders if r["order"] == k]
-        out[f"dominated_by_order_{k}"] = {
-            _label(f): [_label(v) for v in mine if v["system"] == "verified" and dominates(v, f)]
-            for f in mine
-            if f["system"] == "fixed"
-        }
-    return out
-
-
 async def other_orders(
     args: SemcacheArgs,
     config: Any,
@@ -341,41 +250,6 @@ async def other_orders(
     return out
 
 
-def _miss_path(
-    timing: dict[str, float] | None, fast: dict[str, float] | None, llm_s: float
-) -> dict[str, float] | None:
-    """What a lookup adds to a request that misses, against the miss path without it (a
-    large-LM call at the measured seconds): a task whose levels embed the request anyway
-    (an encoder level: the lookup reuses that embedding) adds the search; one without pays
-    the embedding too."""
-    if not timing:
-        return None
-    miss_ms = llm_s * 1000
-    return {
-        "miss_ms_without": round(miss_ms, 1),
-        "added_ms_p50_with_encoder_level": timing["search_ms_p50"],
-        "added_ms_p50_without_encoder_level": timing["lookup_ms_p50"],
-        "ratio_with_encoder_level": round((miss_ms + timing["search_ms_p50"]) / miss_ms, 4),
-        "ratio_without_encoder_level": round((miss_ms + timing["lookup_ms_p50"]) / miss_ms, 4),
-        **(
-            {
-                "added_ms_p50_int8_encoder": fast["lookup_ms_p50"],
-                "ratio_int8_encoder": round((miss_ms + fast["lookup_ms_p50"]) / miss_ms, 4),
-            }
-            if fast
-            else {}
-        ),
-    }
-
-
-def _rss_bytes() -> int:
-    """This process's resident memory (Linux)."""
-    import os
-
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 async def semcache_bench(args: SemcacheArgs) -> dict[str, Any]:
     """Annotate what is missing, run every system, time the lookups; JSON, docs, plot."""
     import os
@@ -407,7 +281,7 @@ async def semcache_bench(args: SemcacheArgs) -> dict[str, Any]:
         pool, encoders = _pool(config, models_dir, replay)
         large_only = _large_only(stream, config, args.task)
         timing = await time_lookups(
-            large_only, config, pool, encoders[ENCODER], stream, args.timing_n
+            large_only, config, pool, encoders[ENCODER], stream, args.timing_n, ENCODER
         )
         print(f"lookup: {timing}", flush=True)
         fast = await time_lookups(
@@ -454,7 +328,7 @@ async def semcache_bench(args: SemcacheArgs) -> dict[str, Any]:
         "llm_seconds_measured": args.timing,
         "timing": timing,
         "timing_int8_encoder": fast,
-        "miss_path": _miss_path(timing, fast, llm_s),
+        "miss_path": miss_path(timing, fast, llm_s),
         "runs": rows,
         "orders": orders,
         "targets": target_checks(rows, orders),

@@ -10,14 +10,13 @@ import pytest
 from bench.semcache import (
     MemoEmbedder,
     SemcacheArgs,
-    dominates,
     other_orders,
     run_system,
     summarise,
     systems,
-    target_checks,
     with_fast_encoder,
 )
+from bench.semcache_checks import dominates, target_checks
 from bench.semcache_report import _orders_table
 from bench.streams import Item, Stream
 from cascade.backends import BackendPool
