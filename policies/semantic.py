@@ -169,22 +169,26 @@ class LearnedGate:
         p = self.verify_share
         return GateDecision(draw >= p, draw < p, p, score)
 
-    def observe(self, x: np.ndarray, agreed: bool, refit: bool = True) -> None:
+    def _keep(self, x: np.ndarray, agreed: bool) -> bool:
+        """Add one comparison to the window (under the lock); False below the floor."""
         if x[0] < self.floor:
-            return
+            return False
+        self.rows.append((np.asarray(x, dtype=np.float64), bool(agreed)))
+        self._since += 1
+        return True
+
+    def observe(self, x: np.ndarray, agreed: bool, refit: bool = True) -> None:
         with self._lock:
-            self.rows.append((np.asarray(x, dtype=np.float64), bool(agreed)))
-            self._since += 1
             # refit at every comparison while few, then every ``refit_every``
-            if refit and (len(self.rows) < 200 or self._since >= self.refit_every):
+            kept = self._keep(x, agreed)
+            if kept and refit and (len(self.rows) < 200 or self._since >= self.refit_every):
                 self._refit()
 
     def observe_many(self, rows: Iterable[tuple[np.ndarray, bool]]) -> None:
         """Comparisons read from the shared log: one refit after all of them."""
         with self._lock:
             for x, agreed in rows:
-                if x[0] >= self.floor:
-                    self.rows.append((np.asarray(x, dtype=np.float64), bool(agreed)))
+                self._keep(x, agreed)
             self._refit()
 
     def refit(self) -> None:
@@ -198,10 +202,10 @@ class LearnedGate:
         if len(self.rows) < self.min_samples:
             self.model = _Model()
             return
-        x = _expand(np.stack([r[0] for r in self.rows]))
+        x = np.stack([r[0] for r in self.rows])
         y = np.array([r[1] for r in self.rows])
-        coef, intercept = _fit(x, y, self.c)
-        scores = 1.0 / (1.0 + np.exp(-np.clip(x @ coef + intercept, -50, 50)))
+        coef, intercept = _fit(_expand(x), y, self.c)
+        scores = _Model(coef, intercept).scores(x)
         order = np.argsort(-scores, kind="stable")
         agree = np.cumsum(y[order])
         best: tuple[float, int] | None = None
@@ -220,8 +224,9 @@ class LearnedGate:
         with self._lock:
             rows = list(self.rows)
         m = self.model
-        if m.threshold is not None and m.coef is not None:
-            chosen = [(x, a) for x, a in rows if m.score(x) >= m.threshold]
+        if m.threshold is not None and m.coef is not None and rows:
+            above = m.scores(np.stack([x for x, _ in rows])) >= m.threshold
+            chosen = [r for r, keep in zip(rows, above, strict=True) if keep]
         else:
             chosen = rows
         n, a = len(chosen), sum(r[1] for r in chosen)
@@ -251,12 +256,16 @@ class _Model:
     threshold: float | None = None
     support: int = 0
 
-    def score(self, x: np.ndarray) -> float:
-        """P(agree) for one lookup (a dot product: no library call per request)."""
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """P(agree) for each row of features (a product: no library call per request)."""
         if self.coef is None:
-            return 0.0
-        t = float(_expand(x)[0] @ self.coef + self.intercept)
-        return 1.0 / (1.0 + math.exp(-max(min(t, 50.0), -50.0)))
+            return np.zeros(len(np.atleast_2d(x)))
+        t = np.clip(_expand(x) @ self.coef + self.intercept, -50.0, 50.0)
+        return 1.0 / (1.0 + np.exp(-t))
+
+    def score(self, x: np.ndarray) -> float:
+        """P(agree) for one lookup."""
+        return float(self.scores(x)[0])
 
 
 def _fit(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
