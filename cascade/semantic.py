@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -186,24 +187,29 @@ def record_of(look: Lookup | None) -> dict[str, Any] | None:
 
 async def semantic_sync(store: Store, sem: SemanticCache, batch: int = 1000) -> int:
     """Index every entry other gateways (and this one) appended since the last sync, and learn
-    from the comparisons they logged. Returns how many entries were read."""
+    from the comparisons they logged. Returns how many entries were read. Each cursor moves
+    past a batch once it is taken, so a store that fails half-way costs no row twice."""
     read = 0
-    while True:
-        rows = await store.sem_read(sem.task, sem.cursor, batch)
-        if not rows:
-            break
+    async for rows in _batches(store, sem.task, sem.cursor, batch):
         for entry_id, fields in rows:
             sem.index(entry_id, fields)
         sem.cursor = rows[-1][0]
         read += len(rows)
-        if len(rows) < batch:
-            break
-    while True:
-        rows = await store.sem_read(sem.task + COMPARISONS, sem.cmp_cursor, batch)
-        if not rows:
-            break
+    async for rows in _batches(store, sem.task + COMPARISONS, sem.cmp_cursor, batch):
         await anyio.to_thread.run_sync(sem.learn_shared, rows)
         sem.cmp_cursor = rows[-1][0]
-        if len(rows) < batch:
-            break
     return read
+
+
+async def _batches(
+    store: Store, log_name: str, cursor: str | None, batch: int
+) -> AsyncIterator[list[tuple[str, dict[str, str]]]]:
+    """A shared log's rows after ``cursor``, a batch at a time, to its end."""
+    while True:
+        rows = await store.sem_read(log_name, cursor, batch)
+        if not rows:
+            return
+        yield rows
+        cursor = rows[-1][0]
+        if len(rows) < batch:
+            return
