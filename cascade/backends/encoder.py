@@ -48,7 +48,6 @@ class EncoderBackend:
         self.dim = int(self.model.config.hidden_size)
         self._lock = threading.Lock()
         self.lean: LeanBert | None = None
-        self.precision = precision
         lean = LeanBert.load(path, self.model.config, precision)
         if lean is not None and self._agrees(lean):
             self.lean = lean
