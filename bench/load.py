@@ -19,8 +19,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from typing import Any
 import httpx
 
 from bench.flags import arg
+from bench.procs import process
 from cascade.llm_server import free_port
 
 FLOOR_APP = """
@@ -82,33 +81,6 @@ class LoadArgs:
     redis_url: str = arg("redis://127.0.0.1:6379/0")
     out: Path | None = arg(None, "write the JSON results here")
     write_doc: bool = arg(True, "do not rewrite docs/BENCHMARKS.md", flag="no-doc")
-
-
-def _wait_up(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=0.5)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
-
-
-@contextmanager
-def _process(cmd: list[str], env: dict[str, str], url: str) -> Iterator[None]:
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        _wait_up(url)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def wrk(url: str, body: dict[str, Any], connections: int, duration_s: int) -> dict[str, float]:
@@ -243,8 +215,8 @@ def load_bench(args: LoadArgs) -> dict[str, Any]:
             "--no-access-log",
         ]
         with (
-            _process(gw, env, f"http://127.0.0.1:{port}/healthz"),
-            _process(fl, env, f"http://127.0.0.1:{fport}/docs"),
+            process(gw, env, f"http://127.0.0.1:{port}/healthz"),
+            process(fl, env, f"http://127.0.0.1:{fport}/docs"),
         ):
             gurl, furl = f"http://127.0.0.1:{port}/generate", f"http://127.0.0.1:{fport}/generate"
             for _ in range(3):  # versions load, the cache is filled

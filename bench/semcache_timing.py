@@ -91,9 +91,9 @@ def miss_path(
     }
 
 
-def rss_bytes() -> int:
-    """This process's resident memory (Linux)."""
+def rss_bytes(pid: int | str = "self") -> int:
+    """A process's resident memory (Linux; by default this one's)."""
     import os
 
-    with open("/proc/self/statm") as f:
+    with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

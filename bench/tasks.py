@@ -4,7 +4,8 @@ A deployment that adds a task per customer or per use grows its configuration, n
 models: every level names a backend, and a backend is loaded once however many levels name
 it. This starts ``cascade-gateway serve`` (embedded store, the large LM at an address that is
 never called) with 1, 10 and 50 copies of each classify task of the configuration and
-measures, per size: seconds from spawn to ``/healthz``, the process's resident memory once
+measures, per size: seconds from spawn to ``/healthz`` (the serve log is kept in its data
+directory), the process's resident memory once
 up, and that ``/admin/tasks`` lists every task. The marginal memory per task is what a task's
 own state costs (its levels' learned weights and policies), next to the shared models.
 """
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,9 @@ from typing import Any
 import yaml
 
 from bench.flags import arg
+from bench.procs import process
+from bench.semcache_timing import rss_bytes
+from cascade.llm_server import free_port
 
 #: The large LM's address in these runs: nothing listens there, and nothing calls it.
 NOWHERE = "http://127.0.0.1:9/v1"
@@ -49,26 +51,12 @@ def many_tasks(config: dict[str, Any], copies: int) -> dict[str, Any]:
     return {**config, "tasks": tasks}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def start_and_measure(config_path: Path, timeout_s: float) -> dict[str, Any]:
     """Spawn ``serve`` with this configuration; seconds until /healthz answers, resident
     memory once up, and the tasks /admin/tasks lists."""
     import httpx
 
-    port, token = _free_port(), secrets.token_urlsafe(16)
+    port, token = free_port(), secrets.token_urlsafe(16)
     data = Path(tempfile.mkdtemp(prefix="cg-tasks-"))
     env = {
         **os.environ,
@@ -79,25 +67,12 @@ def start_and_measure(config_path: Path, timeout_s: float) -> dict[str, Any]:
     }
     env.pop("REDIS_URL", None)
     cmd = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-                raise RuntimeError(f"serve exited with {proc.returncode}: {err}")
-            if time.perf_counter() - t0 > timeout_s:
-                raise TimeoutError(f"serve did not answer /healthz in {timeout_s:.0f} s")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+    with process(cmd, env, f"{url}/healthz", timeout_s, log=data / "serve.log") as proc:
         up_s = time.perf_counter() - t0
         time.sleep(2.0)  # let start-up work that runs after the first answer settle
-        rss = _rss_mb(proc.pid)
+        rss = rss_bytes(proc.pid) / 2**20
         listed = httpx.get(
             f"{url}/admin/tasks", headers={"Authorization": f"Bearer {token}"}, timeout=10.0
         ).json()
@@ -110,13 +85,7 @@ def start_and_measure(config_path: Path, timeout_s: float) -> dict[str, Any]:
             code = httpx.post(f"{url}/generate", json=body, timeout=120.0).status_code
             statuses[code] = statuses.get(code, 0) + 1
         first_s = (time.perf_counter() - t1) / max(len(listed.get("tasks", {})), 1)
-        rss_used = _rss_mb(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        rss_used = rss_bytes(proc.pid) / 2**20
     return {
         "start_s": round(up_s, 2),
         "rss_mb": round(rss, 1),

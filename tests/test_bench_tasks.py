@@ -34,3 +34,27 @@ def test_gateways_with_more_tasks_start_and_list_them_all(tmp_path: Path) -> Non
     # the models are loaded once: more tasks cost far less than another copy of them
     assert four["rss_mb"] - one["rss_mb"] < 0.5 * one["rss_mb"]
     assert out.is_file()
+
+
+def test_a_server_that_dies_while_starting_fails_at_once(tmp_path: Path) -> None:
+    """bench load and bench tasks wait for their servers through bench.procs: a child that
+    exits before it answers is an error then, not after the whole wait."""
+    import os
+    import sys
+    import time
+
+    import pytest
+
+    from bench.procs import process
+    from cascade.llm_server import free_port
+
+    cmd = [sys.executable, "-c", "import sys; print('no config'); sys.exit(3)"]
+    log = tmp_path / "child.log"
+    t0 = time.monotonic()
+    url = f"http://127.0.0.1:{free_port()}/"
+    with (
+        pytest.raises(RuntimeError, match="exited with 3"),
+        process(cmd, dict(os.environ), url, 60.0, log),
+    ):
+        pass
+    assert time.monotonic() - t0 < 30 and "no config" in log.read_text()
