@@ -85,10 +85,11 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def cmd_semcache(args: argparse.Namespace) -> int:
     from bench.semcache import SemcacheArgs, semcache_bench
+    from bench.semcache_checks import label
 
     payload = asyncio.run(semcache_bench(from_flags(SemcacheArgs, args)))
     figures = {
-        f"{r['system']} {r.get('threshold', r.get('target_agreement', ''))}".strip(): {
+        label(r): {
             "hit_rate": r["hit_rate"],
             "error_rate": r["error_rate"],
         }

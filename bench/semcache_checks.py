@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def _label(row: dict[str, Any]) -> str:
+def label(row: dict[str, Any]) -> str:
     parts = [row["system"], str(row.get("threshold", row.get("target_agreement", "")))]
     return " ".join(parts + ([row["encoder"]] if "encoder" in row else [])).strip()
 
@@ -26,20 +26,18 @@ def target_checks(rows: list[dict[str, Any]], orders: list[dict[str, Any]]) -> d
     fixed = [r for r in rows if r["system"] == "fixed"]
     out: dict[str, Any] = {
         "error_within_bound": {
-            _label(r): r["error_rate"] <= round(1 - r["target_agreement"] + 0.01, 6)
+            label(r): r["error_rate"] <= round(1 - r["target_agreement"] + 0.01, 6)
             for r in verified
         },
         "hits_over_exact": {
-            _label(r): round(r["hits"] / max(exact["hits"], 1), 2) for r in verified
+            label(r): round(r["hits"] / max(exact["hits"], 1), 2) for r in verified
         },
-        "dominated_by": {
-            _label(f): [_label(v) for v in verified if dominates(v, f)] for f in fixed
-        },
+        "dominated_by": {label(f): [label(v) for v in verified if dominates(v, f)] for f in fixed},
     }
     for k in sorted({r["order"] for r in orders}):
         mine = [r for r in orders if r["order"] == k]
         out[f"dominated_by_order_{k}"] = {
-            _label(f): [_label(v) for v in mine if v["system"] == "verified" and dominates(v, f)]
+            label(f): [label(v) for v in mine if v["system"] == "verified" and dominates(v, f)]
             for f in mine
             if f["system"] == "fixed"
         }
