@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     models_dir: Path = Field(Path("models"), alias="CASCADE_MODELS_DIR")
     data_dir: Path = Field(Path("data"), alias="CASCADE_DATA_DIR")
     redis_url: str | None = Field(None, alias="REDIS_URL")
+    # REDIS_URL names one node of a Redis Cluster (redis-py's RedisCluster finds the rest);
+    # a redis+cluster:// URL says the same without this flag
+    redis_cluster: bool = Field(False, alias="REDIS_CLUSTER")
     redis_prefix: str = Field("cg", alias="CASCADE_REDIS_PREFIX", pattern=r"^[A-Za-z0-9_\-]+$")
     redis_socket_timeout_s: float = Field(0.1, alias="REDIS_SOCKET_TIMEOUT_S", gt=0)
     llm_base_url: str | None = Field(None, alias="LLM_BASE_URL")

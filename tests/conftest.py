@@ -21,6 +21,7 @@ from bench.chaos_services import RedisProc
 from cascade.backends import BackendPool
 from cascade.config import Config, load_config
 from cascade.llm_server import LocalLLMServer
+from tests.redis_cluster import RedisClusterProcs
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("CASCADE_MODELS_DIR", ROOT / "models")).resolve()
@@ -254,3 +255,13 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcs]:
+    """A real Redis Cluster (3 masters + 3 replicas) on loopback, for the session."""
+    if shutil.which("redis-server") is None:
+        raise pytest.UsageError("redis-server is not installed (CI installs it with apt)")
+    cluster = RedisClusterProcs(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()

@@ -28,84 +28,23 @@ import pytest
 import redis.asyncio as aioredis
 
 from cascade.llm_server import LocalLLMServer, free_port
-from cascade.versions import load_state
-from tests.api_helpers import edit_config
-from tests.conftest import ADMIN_TOKEN, MODELS, RedisServer, write_config
+from tests.conftest import ADMIN_TOKEN, RedisServer
+from tests.fleet import REVIEWS, TASK, FleetProbe, fleet_env
 from tests.processes import Proc, until
 
 pytestmark = pytest.mark.slow  # three gateway processes and a learner process
 
-TASK = "sentiment"
 N_GATEWAYS = 3
 N_REQUESTS = 60
-GROUP = "learners"  # cascade.store.redis.GROUP
-LEARNER = "learner-scaleout"
 ADMIN = {"x-admin-token": ADMIN_TOKEN}
 SERVE = ["serve", "--host", "127.0.0.1", "--no-learner", "--no-llm-server"]
-
-# Short reviews SmolLM2 (the stand-in large LM, pinned by sha256) answers with a label word at
-# temperature 0: an answer outside the label set is a 503, not a demonstration. Distinct, so that
-# no request is a cache hit.
-REVIEWS = [
-    f"a {adj} film with a {other} {what}"
-    for adj, pairs in {
-        "awful": ["dull cast", "dull script", "warm cast", "warm script"],
-        "beautiful": ["dull cast", "dull script", "warm cast", "warm script"],
-        "boring": ["dull cast", "dull script", "warm cast", "warm script"],
-        "brilliant": ["dull cast", "dull script", "warm cast", "warm script"],
-        "charming": ["dull cast", "dull script", "warm cast", "warm script"],
-        "clumsy": ["dull script", "warm cast", "warm script"],
-        "excellent": ["dull cast", "warm cast"],
-        "dull": ["dull cast", "dull script", "warm cast", "warm script"],
-        "forgettable": ["dull cast", "dull script", "warm cast"],
-        "funny": ["dull cast", "dull script", "warm cast", "warm script"],
-        "good": ["dull cast", "warm cast", "warm script"],
-        "gripping": ["dull cast", "dull script", "warm cast", "warm script"],
-        "lovely": ["dull cast", "dull script", "warm cast", "warm script"],
-        "painful": ["dull cast", "dull script", "warm cast", "warm script"],
-        "poor": ["dull cast", "dull script", "warm cast", "warm script"],
-        "terrible": ["dull script", "warm cast", "warm script"],
-        "warm": ["dull cast", "warm cast", "warm script"],
-    }.items()
-    for other, what in (p.split() for p in pairs)
-]
 
 
 @pytest.fixture
 def cluster_env(
     tmp_path: Path, private_redis: RedisServer, smol_server: LocalLLMServer
 ) -> Iterator[dict[str, str]]:
-    config = write_config(tmp_path / "config.yaml", smol_server.base_url)
-
-    def cheap_levels_answer_only_when_certain(data: dict[str, Any]) -> None:
-        # the cheap levels run and learn, but answer only when certain (a confidence of 1.0,
-        # which the logistic level reaches now and then): most requests are demonstrations.
-        # The in-process small LM is left out of this task: this test is about shared state,
-        # and on two cores it would only slow the stream down.
-        levels = data["tasks"][TASK]["levels"]
-        assert [lv["name"] for lv in levels] == ["logistic", "encoder", "small", "large"]
-        for level in levels[:2]:
-            level["policy"] = {"kind": "threshold", "threshold": 1.0}
-        del levels[2]
-
-    edit_config(config, cheap_levels_answer_only_when_certain)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CASCADE_", "LLM_", "REDIS_", "PROMETHEUS_"))
-    }
-    env.update(
-        REDIS_URL=private_redis.url,
-        CASCADE_REDIS_PREFIX="scaleout",
-        CASCADE_CONFIG=str(config),
-        CASCADE_ADMIN_TOKEN=ADMIN_TOKEN,
-        CASCADE_MODELS_DIR=str(MODELS),
-        CASCADE_VERSION_POLL_S="0.2",
-        CASCADE_LEARNER_NAME=LEARNER,
-        PYTHONUNBUFFERED="1",
-        LOG_LEVEL="info",
-    )
-    yield env
+    yield fleet_env(tmp_path, smol_server.base_url, private_redis.url, "scaleout")
     keep = os.environ.get("CASCADE_KEEP_LOGS")
     if keep:  # debugging aid: copy the processes' logs somewhere that outlives tmp_path
         shutil.copytree(tmp_path / "logs", Path(keep), dirs_exist_ok=True)
@@ -119,7 +58,6 @@ async def test_three_gateways_one_learner_share_one_redis(
     logs.mkdir()
     r = aioredis.Redis.from_url(private_redis.url)
     stream = f"{cluster_env['CASCADE_REDIS_PREFIX']}:demos:{TASK}"
-    latest_key = f"{cluster_env['CASCADE_REDIS_PREFIX']}:ver:{TASK}:latest"
 
     def learner_proc(n: int) -> Proc:
         env = {**cluster_env, "CASCADE_DATA_DIR": str(tmp_path / "learner")}
@@ -138,37 +76,15 @@ async def test_three_gateways_one_learner_share_one_redis(
     learner = learner_proc(1)
     procs = [*gateways, learner]
 
-    async def latest() -> int:
-        raw = await r.get(latest_key)
-        return int(raw) if raw else 0
-
-    async def pending() -> int:
-        try:
-            return int((await r.xpending(stream, GROUP))["pending"])
-        except aioredis.ResponseError:  # no group yet
-            return 0
-
-    async def learner_listening() -> bool:
-        try:
-            consumers = await r.xinfo_consumers(stream, GROUP)
-        except aioredis.ResponseError:
-            return False
-        return any(c["name"] in (LEARNER, LEARNER.encode()) for c in consumers)
+    probe = FleetProbe(r, stream, f"{cluster_env['CASCADE_REDIS_PREFIX']}:ver:{TASK}")
+    latest, pending = probe.latest, probe.pending
 
     clients = [
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=60, headers=ADMIN)
         for p in ports
     ]
     try:
-        for p in procs:
-            p.start()
-
-        async def all_ready() -> bool:
-            codes = await asyncio.gather(*(c.get("/readyz") for c in clients))
-            return all(x.status_code == 200 for x in codes)
-
-        await until("3 gateways ready (/readyz)", all_ready, 180, procs, every_s=0.5)
-        await until("the learner to listen on the stream", learner_listening, 120, procs)
+        await probe.start(procs, clients)
         t_ready = time.monotonic()
 
         # ---- the stream: round-robin over the three gateways, three requests in flight
@@ -238,14 +154,9 @@ async def test_three_gateways_one_learner_share_one_redis(
         assert written == by_large  # one per large-LM answer, none lost or doubled on the way
         last_id = (await r.xrevrange(stream, count=1))[0][0].decode()
 
-        async def all_learned() -> Any:
-            v = await latest()
-            blob = await r.get(f"{cluster_env['CASCADE_REDIS_PREFIX']}:ver:{TASK}:{v}")
-            state = load_state(bytes(blob)) if blob else None
-            done = state is not None and state.applied_id == last_id and await pending() == 0
-            return (v, state) if done else None
-
-        version, state = await until("the learner to catch up", all_learned, 60, procs, 0.1)
+        version, state = await until(
+            "the learner to catch up", lambda: probe.learned_up_to(last_id), 60, procs, 0.1
+        )
         # exactly once: a demonstration re-delivered after the kill is not counted twice, and
         # none is lost (the count reached the total and the last id is the stream's last)
         assert state.demos == written, (state.meta, chaos)

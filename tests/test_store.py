@@ -22,16 +22,25 @@ from tests.conftest import REDIS_URL, RedisServer
 TASK = "sentiment"
 
 
+@pytest.fixture(params=["embedded", "redis", "cluster"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """The contract runs on the embedded store, one Redis, and a real Redis Cluster."""
+    return str(request.param)
+
+
 @pytest.fixture
 async def make_store(
-    store_kind: str, tmp_path: Path, redis_prefix: str
+    store_kind: str, tmp_path: Path, redis_prefix: str, request: pytest.FixtureRequest
 ) -> AsyncIterator[Callable[[], Store]]:
     """A factory of stores over the same data (a new instance is a restarted process)."""
     made: list[Store] = []
+    cluster_url = request.getfixturevalue("redis_cluster").url if store_kind == "cluster" else None
 
     def make() -> Store:
         if store_kind == "embedded":
             s: Store = MemoryStore(tmp_path / "data")
+        elif cluster_url is not None:  # the cluster is this session's own: no cleanup
+            s = RedisStore(cluster_url, tmp_path / "data", prefix=redis_prefix)
         else:
             s = RedisStore(REDIS_URL, tmp_path / "data", prefix=redis_prefix)
         made.append(s)
@@ -60,6 +69,16 @@ async def test_cache_get_set(store: Store) -> None:
     assert await store.cache_get("cache:a") == {"output": "negative"}
     await store.cache_set("cache:zero", value, ttl_s=0)  # a TTL of 0 disables caching
     assert await store.cache_get("cache:zero") is None
+
+
+async def test_cache_get_many_keeps_order(store: Store) -> None:
+    """A request reads its keys in one call; on a cluster they hash to different slots and
+    masters, and the answers still come back in the order asked."""
+    keys = [f"cache:{i:064x}" for i in range(12)]
+    for i, key in enumerate(keys[::2]):
+        await store.cache_set(key, {"output": str(i)}, ttl_s=60)
+    got = await store.cache_get_many(keys)
+    assert got == [{"output": str(i // 2)} if i % 2 == 0 else None for i in range(12)]
 
 
 async def test_cache_ttl_expiry(store: Store) -> None:

@@ -21,5 +21,6 @@ def open_store(settings: Any) -> Store:
             socket_timeout_s=settings.redis_socket_timeout_s,
             prefix=settings.redis_prefix,
             demo_maxlen=settings.demo_stream_maxlen,
+            cluster=settings.redis_cluster,
         )
     return MemoryStore(settings.data_dir)

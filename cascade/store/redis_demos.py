@@ -1,0 +1,227 @@
+"""The Redis store's demonstrations and versions: a capped stream per task read by the
+learners' consumer group, and the learned versions they publish.
+
+Every key here carries the task as its hash tag in cluster mode (``RedisStore.tk``): the
+append-once script touches the stream and its seen-marker together, and a version's blob and
+the ``latest`` pointer move together, so they must live in one slot."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from cascade.store.redis_base import RedisBase
+
+log = logging.getLogger(__name__)
+
+GROUP = "learners"
+
+#: How long an appended demonstration is remembered as added (the window in which the outbox
+#: may retry one whose first attempt timed out after Redis had served it: an outage's length).
+DEMO_SEEN_TTL_S = 86_400
+
+_APPEND_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
+  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[1])
+end
+return false
+"""
+
+#: Store a version and point ``latest`` at it (never back: a slower publisher of an older
+#: number loses), dropping the one ``keep`` behind, atomically in one slot.
+_PUT_VERSION = """
+redis.call('SET', KEYS[1], ARGV[1])
+local latest = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[2]) > latest then
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+if ARGV[3] == '1' then
+  redis.call('DEL', KEYS[3])
+end
+return 1
+"""
+
+
+def _id_tuple(i: str) -> tuple[int, int]:
+    ms, _, seq = i.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class RedisDemos(RedisBase):
+    """Demonstrations and versions, on ``RedisBase``'s clients, keys and outbox."""
+
+    @property
+    def demos_dropped(self) -> int:
+        return self._outbox.dropped
+
+    @property
+    def demos_buffered(self) -> int:
+        return len(self._outbox)
+
+    def _demo_keys(self, task: str, data: str) -> list[str]:
+        digest = hashlib.sha256(data.encode()).hexdigest()[:32]
+        return [self.tk("demos", task), self.tk("demoseen", task, digest)]
+
+    async def _xadd_demo(self, task: str, data: str, client: aioredis.Redis | None = None) -> None:
+        """Append once: the script adds the entry only if this exact demonstration (it carries
+        its request id and a timestamp) was not added before, so a retry after a timeout that
+        Redis had in fact served (the outbox flushing it later) cannot write it twice."""
+        await (client or self.slow).eval(
+            _APPEND_ONCE,
+            2,
+            *self._demo_keys(task, data),
+            data,
+            self.demo_maxlen,
+            DEMO_SEEN_TTL_S,
+        )
+
+    async def append_demo(self, task: str, demo: dict[str, Any]) -> None:
+        data = json.dumps(demo, ensure_ascii=False, separators=(",", ":"))
+        if not self._outbox:
+            # the fast client: a stopped Redis costs this request one short timeout, not the
+            # slow client's retries; the outbox retries what timed out, at most once in effect
+            ok, _ = await self._try_fast(lambda: self._xadd_demo(task, data, self.fast))
+            if ok:
+                return
+            log.warning("demonstration buffered, Redis unavailable")
+        self._outbox.push(task, data)
+        await asyncio.to_thread(self._outbox.save)
+
+    async def _flush_outbox(self) -> None:
+        sent = 0
+        while self._outbox:
+            try:
+                await self._xadd_demo(*self._outbox.peek())
+            except (RedisError, OSError):
+                self.errors += 1
+                break
+            self._outbox.pop()
+            sent += 1
+        if sent:
+            log.info("flushed %d buffered demonstrations to Redis", sent)
+            await asyncio.to_thread(self._outbox.save)
+
+    async def _ensure_group(self, task: str) -> None:
+        if task in self._groups:
+            return
+        try:
+            await self.slow.xgroup_create(self.tk("demos", task), GROUP, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+        self._groups.add(task)
+
+    async def resume_demos(self, task: str, consumer: str, applied_id: str | None) -> None:
+        """Take over every pending demonstration (one learner by design), acknowledge those the
+        resumed version already holds, and deliver the rest before anything new."""
+        await self._ensure_group(task)
+        stream = self.tk("demos", task)
+        start = "0-0"
+        while True:
+            res = await self.slow.xautoclaim(
+                stream, GROUP, consumer, min_idle_time=0, start_id=start, count=1000
+            )
+            start = res[0].decode() if isinstance(res[0], bytes) else res[0]
+            if start == "0-0":
+                break
+        if applied_id:
+            done = []
+            for entry in await self.slow.xpending_range(
+                stream, GROUP, "-", "+", 1_000_000, consumername=consumer
+            ):
+                mid = entry["message_id"]
+                mid = mid.decode() if isinstance(mid, bytes) else mid
+                if _id_tuple(mid) <= _id_tuple(applied_id):
+                    done.append(mid)
+            for i in range(0, len(done), 1000):
+                await self.slow.xack(stream, GROUP, *done[i : i + 1000])
+        self._pending_cursor[task] = "0-0"
+
+    async def read_demos(
+        self, task: str, consumer: str, count: int, block_ms: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        await self._ensure_group(task)
+        stream = self.tk("demos", task)
+        cursor = self._pending_cursor.get(task)
+        if cursor is not None:
+            res = await self.slow.xreadgroup(GROUP, consumer, {stream: cursor}, count=count)
+            entries = res[0][1] if res else []
+            if entries:
+                last = entries[-1][0]
+                self._pending_cursor[task] = last.decode() if isinstance(last, bytes) else last
+                return await self._decoded(task, entries)
+            del self._pending_cursor[task]
+        res = await self.slow.xreadgroup(
+            GROUP, consumer, {stream: ">"}, count=count, block=block_ms or None
+        )
+        return await self._decoded(task, res[0][1]) if res else []
+
+    async def _decoded(self, task: str, entries: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+        out, gone = _decode_entries(entries)
+        if gone:  # trimmed from the stream while pending: nothing left to learn from
+            await self.ack_demos(task, gone)
+        return out
+
+    async def history(
+        self, task: str, after: str | None, upto: str, count: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        start = f"({after}" if after else "-"
+        entries = await self.slow.xrange(self.tk("demos", task), start, upto, count=count)
+        return _decode_entries(entries)[0]
+
+    async def ack_demos(self, task: str, ids: list[str]) -> None:
+        stream = self.tk("demos", task)
+        for i in range(0, len(ids), 1000):
+            await self.slow.xack(stream, GROUP, *ids[i : i + 1000])
+
+    async def demo_lag(self, task: str) -> int:
+        stream = self.tk("demos", task)
+        try:
+            groups = await self.slow.xinfo_groups(stream)
+        except ResponseError:
+            return 0
+        for g in groups:
+            if g["name"] in (GROUP, GROUP.encode()):
+                lag = g.get("lag") or 0
+                return int(g.get("pending", 0)) + int(lag)
+        return int(await self.slow.xlen(stream))
+
+    async def put_version(self, task: str, blob: bytes, keep: int = 5) -> int:
+        number = int(await self.slow.incr(self.tk("ver", task, "seq")))
+        await self.slow.eval(
+            _PUT_VERSION,
+            3,
+            self.tk("ver", task, number),
+            self.tk("ver", task, "latest"),
+            self.tk("ver", task, number - keep),
+            blob,
+            number,
+            int(number > keep),
+        )
+        return number
+
+    async def latest_version(self, task: str) -> int:
+        raw = await self.slow.get(self.tk("ver", task, "latest"))
+        return int(raw) if raw else 0
+
+    async def get_version(self, task: str, number: int) -> bytes | None:
+        raw = await self.slow.get(self.tk("ver", task, number))
+        return bytes(raw) if raw is not None else None
+
+
+def _decode_entries(entries: list[Any]) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    out, gone = [], []
+    for mid, fields in entries:
+        mid = mid.decode() if isinstance(mid, bytes) else mid
+        if not fields:
+            gone.append(mid)
+            continue
+        raw = fields.get(b"d") or fields.get("d")
+        out.append((mid, json.loads(raw)))
+    return out, gone

@@ -1,0 +1,156 @@
+"""A real Redis Cluster on loopback for the tests: three masters and three replicas from
+Debian's ``redis-server``, joined with ``redis-cli --cluster create``, as an operator would
+build one by hand. AOF with fsync always on every node, and a short node timeout (1 s) so a
+killed master's replica takes over within a few seconds."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+NODE_TIMEOUT_MS = 1000
+
+
+def _node_ports(n: int) -> list[int]:
+    """``n`` free loopback ports whose cluster-bus ports (port + 10000) are free too: an
+    ephemeral port above 55535 would put the bus past 65535."""
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = rng.randrange(20000, 45000)
+        if port not in ports and _free(port) and _free(port + 10000):
+            ports.append(port)
+    return ports
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class RedisClusterProcs:
+    """Six ``redis-server`` processes in cluster mode (3 masters + 3 replicas)."""
+
+    def __init__(self, root: Path, masters: int = 3) -> None:
+        self.root = root
+        self.ports = _node_ports(masters * 2)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """One node is enough: the client discovers the others from it."""
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def start(self) -> RedisClusterProcs:
+        exe, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if exe is None or cli is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        for port in self.ports:
+            self._start_node(exe, port)
+        for port in self.ports:
+            self._until(lambda p=port: self.client(p).ping(), f"node {port} to answer")
+        nodes = [f"127.0.0.1:{p}" for p in self.ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.until_healthy()
+        return self
+
+    def _start_node(self, exe: str, port: int) -> None:
+        d = self.root / str(port)
+        d.mkdir(parents=True, exist_ok=True)
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(d)]
+        args += ["--appendonly", "yes", "--appendfsync", "always"]
+        args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        args += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
+        self.procs[port] = subprocess.Popen(
+            [exe, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=2)
+
+    def cluster_client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.ports[0])
+
+    def masters(self) -> list[int]:
+        """Ports of the live masters, as the cluster sees them."""
+        live = [p for p, proc in self.procs.items() if proc.poll() is None]
+        nodes = self.client(live[0]).cluster("NODES")  # {"host:port": {"flags": ...}}
+        out = []
+        for addr, node in nodes.items():
+            flags = node["flags"]
+            if "master" in flags and "fail" not in flags:
+                out.append(int(addr.split("@")[0].rsplit(":", 1)[1]))
+        return sorted(p for p in out if p in live)
+
+    def master_of(self, key: str) -> int:
+        """The port of the master that holds ``key``'s slot now."""
+        slot = self.cluster_client().keyslot(key)
+        live = next(p for p, proc in self.procs.items() if proc.poll() is None)
+        for lo, hi, master, *_ in self.client(live).execute_command("CLUSTER SLOTS"):
+            if lo <= slot <= hi:
+                return int(master[1])
+        raise LookupError(key)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node (a crashed machine: no goodbye to the cluster)."""
+        proc = self.procs[port]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def until_taken_over(self, key: str, dead: int, timeout_s: float = 60) -> int:
+        """Wait until another node serves ``key``'s slot in place of the killed master
+        ``dead`` and the cluster is healthy again; that node's port."""
+        self._until(lambda: self.master_of(key) != dead, f"a replica to replace {dead}", timeout_s)
+        self.until_healthy(timeout_s)
+        return self.master_of(key)
+
+    def until_healthy(self, timeout_s: float = 60) -> None:
+        """Every live node says ``cluster_state:ok`` and all 16384 slots are served."""
+
+        def ok() -> bool:
+            for port, proc in self.procs.items():
+                if proc.poll() is not None:
+                    continue
+                info = self.client(port).cluster("INFO")
+                if info.get("cluster_state") != "ok" or int(info["cluster_slots_ok"]) != 16384:
+                    return False
+            return True
+
+        self._until(ok, "the cluster to be healthy", timeout_s)
+
+    @staticmethod
+    def _until(pred: object, what: str, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError, OSError):
+                if pred():  # type: ignore[operator]
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"timed out waiting for {what}")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            if proc.poll() is None:
+                proc.kill()
