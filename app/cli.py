@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ln = sub.add_parser("learn", help="run the learner process (Redis deployments)")
     ln.add_argument("--config")
-    ln.add_argument("--name", help="consumer name (default: learner-<hostname>)")
+    ln.add_argument(
+        "--name", help="consumer name, unique per learner (default: learner-<hostname>-<pid>)"
+    )
     ln.set_defaults(fn=cmd_learn)
 
     k = sub.add_parser("keys", help="API keys (stored hashed in the store)")

@@ -66,7 +66,7 @@ class Gateway:
             # serve-only worker (CASCADE_LEARNER=false) does without
             from cascade.learner import Learner
 
-            gw.learner = Learner(config, backends, store)
+            gw.learner = Learner(config, backends, store, lease_s=settings.learner_lease_s)
             gw._spawn(gw.learner.run(), "learner")
         return gw
 

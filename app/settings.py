@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     llm_model: str | None = Field(None, alias="LLM_MODEL")
     admin_token: str | None = Field(None, alias="CASCADE_ADMIN_TOKEN")
     learner: bool = Field(True, alias="CASCADE_LEARNER")
+    # a learner process holds each task it learns for this long and renews it while alive: a
+    # dead learner's tasks go to the others after at most this long
+    learner_lease_s: float = Field(10.0, alias="CASCADE_LEARNER_LEASE_S", gt=0)
     version_poll_s: float = Field(1.0, alias="CASCADE_VERSION_POLL_S", gt=0)
     demo_stream_maxlen: int = Field(200_000, alias="CASCADE_DEMO_STREAM_MAXLEN", ge=1000)
     # in-process models run this far (0-19) below the thread that serves requests: on a busy

@@ -11,6 +11,7 @@ stored, so a learner killed at any point resumes exactly where its last version 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -28,6 +29,7 @@ from cascade.levels import build_level
 from cascade.quality import QualityMeasure
 from cascade.runtime import build_policy
 from cascade.store import Store, open_store
+from cascade.store.base import LeaseLostError
 from cascade.task_learner import TaskLearner
 from cascade.versions import dump_state, load_state
 
@@ -38,7 +40,9 @@ TRAINABLE = ("logistic", "encoder", "local_lm", "router")
 
 
 def default_consumer() -> str:
-    return os.environ.get("CASCADE_LEARNER_NAME") or f"learner-{socket.gethostname()}"
+    """Unique per process: two learners on one host must not share a name (a lease is held
+    by name)."""
+    return os.environ.get("CASCADE_LEARNER_NAME") or f"learner-{socket.gethostname()}-{os.getpid()}"
 
 
 class Learner:
@@ -54,6 +58,7 @@ class Learner:
         publish_every_s: float = 1.0,
         publish_every_n: int = 256,
         on_publish: Callable[[str, int], None] | None = None,
+        lease_s: float = 10.0,
     ) -> None:
         self.store = store
         self.consumer = consumer or default_consumer()
@@ -61,55 +66,71 @@ class Learner:
         self.publish_every_s = publish_every_s
         self.publish_every_n = publish_every_n
         self.on_publish = on_publish
-        self.learners: dict[str, TaskLearner] = {}
-        for name, tc in config.tasks.items():
-            levels = [
-                lv
-                for lc in tc.levels[:-1]
-                if lc.kind in TRAINABLE
-                for lv in [build_level(lc, tc, pool, for_learner=True)]
-                if lv.trainable
-            ]
-            policies = {lc.name: build_policy(lc) for lc in tc.levels[:-1]}
-            quality = None
-            if tc.kind == "generate":
-                q = tc.quality
-                embedder = pool.encoder(q.backend) if q.measure == "cosine" and q.backend else None
-                quality = QualityMeasure(q.measure, q.threshold, embedder)
-            self.learners[name] = TaskLearner(
-                name,
-                list(tc.labels),
-                levels,
-                policies,
-                {lc.name: lc.cost for lc in tc.levels},
-                [lc.name for lc in tc.levels],
-                quality,
-            )
+        self.config, self.pool = config, pool
+        self.lease_s = lease_s
+        self.learners: dict[str, TaskLearner] = {
+            name: self._task_learner(name) for name in config.tasks
+        }
         self.published: dict[str, int] = {}
         self._unacked: dict[str, list[str]] = {}
         self._settings_rev: dict[str, int] = {}
         self._settings_checked: dict[str, float] = {}
+        self.leasing = False  # run() learns the tasks whose lease it holds; step() alone, any
+        self._fresh = set(self.learners)  # task learners that hold no state yet
+        self._tokens: dict[str, str] = {}  # the lease of each task this learner holds
+
+    def _task_learner(self, name: str) -> TaskLearner:
+        """A fresh learner of one task, from the configuration (no learned state yet)."""
+        tc = self.config.tasks[name]
+        levels = [
+            lv
+            for lc in tc.levels[:-1]
+            if lc.kind in TRAINABLE
+            for lv in [build_level(lc, tc, self.pool, for_learner=True)]
+            if lv.trainable
+        ]
+        policies = {lc.name: build_policy(lc) for lc in tc.levels[:-1]}
+        quality = None
+        if tc.kind == "generate":
+            q = tc.quality
+            embedder = self.pool.encoder(q.backend) if q.measure == "cosine" and q.backend else None
+            quality = QualityMeasure(q.measure, q.threshold, embedder)
+        return TaskLearner(
+            name,
+            list(tc.labels),
+            levels,
+            policies,
+            {lc.name: lc.cost for lc in tc.levels},
+            [lc.name for lc in tc.levels],
+            quality,
+        )
 
     async def resume(self) -> None:
-        """Continue from the latest version: rebuild training memory from the demonstrations it
-        holds (the durable log), then adopt its parameters."""
-        for name, tl in self.learners.items():
-            latest = await self.store.latest_version(name)
-            blob = await self.store.get_version(name, latest) if latest else None
-            state = load_state(blob) if blob is not None else None
-            if state is not None and state.labels == tl.labels:
-                if state.applied_id:
-                    await self._remember(name, tl, state.applied_id)
-                tl.restore(state)
-                self.published[name] = latest
-            await self.store.resume_demos(name, self.consumer, tl.applied_id)
-            log.info(
-                "learner %s: task %s resumes after demonstration %s (version %s)",
-                self.consumer,
-                name,
-                tl.applied_id,
-                self.published.get(name, 0),
-            )
+        """Continue every task from its latest version (one learner for all tasks)."""
+        for name in self.learners:
+            await self.resume_task(name)
+
+    async def resume_task(self, name: str) -> None:
+        """Continue one task from its latest version: rebuild training memory from the
+        demonstrations it holds (the durable log), adopt its parameters, and take over every
+        demonstration still pending (a dead learner's included)."""
+        tl = self.learners[name]
+        latest = await self.store.latest_version(name)
+        blob = await self.store.get_version(name, latest) if latest else None
+        state = load_state(blob) if blob is not None else None
+        if state is not None and state.labels == tl.labels:
+            if state.applied_id:
+                await self._remember(name, tl, state.applied_id)
+            tl.restore(state)
+            self.published[name] = latest
+        await self.store.resume_demos(name, self.consumer, tl.applied_id)
+        log.info(
+            "learner %s: task %s resumes after demonstration %s (version %s)",
+            self.consumer,
+            name,
+            tl.applied_id,
+            self.published.get(name, 0),
+        )
 
     async def _remember(self, task: str, tl: TaskLearner, upto: str) -> None:
         after: str | None = None
@@ -140,6 +161,7 @@ class Learner:
         if time.monotonic() - self._settings_checked.get(task, 0.0) >= 1.0:
             self._settings_checked[task] = time.monotonic()
             await self.apply_settings(task)
+        await self._renew(task)
         items = await self.store.read_demos(task, self.consumer, self.batch, block_ms)
         if items:
             demos = [parse_demo(i, d) for i, d in items]
@@ -154,10 +176,22 @@ class Learner:
             await self.publish(task)
         return len(items)
 
+    async def _renew(self, task: str) -> str | None:
+        """Renew the task's lease (when leasing); its token. Lost: ``LeaseLostError``."""
+        if not self.leasing:
+            return None
+        token = self._tokens.get(task)
+        if token is None or not await self.store.task_lease(
+            task, self.consumer, self.lease_s, token=token
+        ):
+            raise LeaseLostError(f"learner {self.consumer} lost the lease of task {task}")
+        return token
+
     async def publish(self, task: str) -> int:
         tl = self.learners[task]
         blob = await anyio.to_thread.run_sync(lambda: dump_state(tl.snapshot()))
-        number = await self.store.put_version(task, blob)
+        owner = await self._renew(task)
+        number = await self.store.put_version(task, blob, owner=owner)
         await self.store.ack_demos(task, self._unacked.pop(task, []))
         tl.since_publish = 0
         tl.last_publish = time.monotonic()
@@ -167,16 +201,68 @@ class Learner:
         return number
 
     async def run(self) -> None:
-        """Forever: one loop per task; store errors are retried, never fatal."""
-        while True:
-            try:
-                await self.resume()
+        """Forever: hold a fair share of the tasks' leases and learn those tasks, one loop
+        each. Several learner processes divide the tasks this way; a dead one's leases expire
+        and the others take its tasks over. Store errors are retried, never fatal."""
+        self.leasing = True
+        loops: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                try:
+                    await self._rebalance(loops)
+                except Exception as e:
+                    stop_if_cancelled()
+                    log.warning("learner %s: store unavailable (%s); retrying", self.consumer, e)
+                await asyncio.sleep(self.lease_s / 4)
+        finally:
+            for t in loops.values():
+                t.cancel()
+            await asyncio.gather(*loops.values(), return_exceptions=True)
+            for task in loops:  # hand over at once on shutdown, not after the lease expires
+                with contextlib.suppress(Exception):
+                    await self.store.task_release(task, self._tokens[task])
+
+    async def _rebalance(self, loops: dict[str, asyncio.Task[None]]) -> None:
+        """One round: drop the tasks whose lease was lost, hand over those beyond this
+        learner's share (a learner joined), take free ones up to it (a learner left)."""
+        alive = await self.store.learners_alive(self.consumer, self.lease_s)
+        share = -(-len(self.learners) // max(1, alive))
+        for task, t in list(loops.items()):
+            if t.done():  # its loop ended: the lease was lost
+                del loops[task]
+                self._forget(task)
+        while len(loops) > share:
+            task = max(loops)
+            t = loops.pop(task)
+            t.cancel()
+            await asyncio.gather(t, return_exceptions=True)
+            if self.learners[task].since_publish:
+                with contextlib.suppress(LeaseLostError):
+                    await self.publish(task)  # what it learned, so the next one redoes nothing
+            await self.store.task_release(task, self._tokens[task])
+            self._forget(task)
+            log.info("learner %s: hands task %s over (%d learners)", self.consumer, task, alive)
+        for task in self.learners:
+            if len(loops) >= share:
                 break
-            except Exception as e:
-                stop_if_cancelled()
-                log.warning("learner cannot resume yet (%s); retrying", e)
-                await asyncio.sleep(1.0)
-        await asyncio.gather(*(self._loop(t) for t in self.learners))
+            if task in loops:
+                continue
+            token = await self.store.task_lease(task, self.consumer, self.lease_s)
+            if token is None:
+                continue
+            self._tokens[task] = token
+            if task not in self._fresh:
+                self.learners[task] = self._task_learner(task)
+            self._fresh.discard(task)
+            await self.resume_task(task)
+            loops[task] = asyncio.create_task(self._loop(task))
+
+    def _forget(self, task: str) -> None:
+        """Another learner owns the task now: nothing of it stays here."""
+        self._unacked.pop(task, None)
+        self.published.pop(task, None)
+        self._tokens.pop(task, None)
+        self._fresh.discard(task)
 
     async def _loop(self, task: str) -> None:
         while True:
@@ -184,6 +270,9 @@ class Learner:
                 await self.step(task)
             except asyncio.CancelledError:
                 raise
+            except LeaseLostError as e:
+                log.warning("learner %s: %s", self.consumer, e)
+                return
             except Exception as e:
                 log.warning("learner step for %s failed (%s); retrying", task, e)
                 await asyncio.sleep(0.5)
@@ -195,7 +284,7 @@ async def run_learner_process(settings: Any, config: Config, consumer: str | Non
     store = open_store(settings)
     await store.start()
     pool = BackendPool(config, settings.models_dir)
-    learner = Learner(config, pool, store, consumer=consumer)
+    learner = Learner(config, pool, store, consumer=consumer, lease_s=settings.learner_lease_s)
     try:
         await learner.run()
     finally:

@@ -93,3 +93,15 @@ async def until(
     raise AssertionError(
         f"timed out after {timeout_s:.0f} s waiting for {what}; last: {last}\n{logs}"
     )
+
+
+async def together(*coros: Awaitable[Any]) -> None:
+    """Run the coroutines at once; on the first failure, cancel the others (no process is
+    started, no request sent, after a test has already failed)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -149,6 +149,7 @@ async def test_readyz_names_what_is_down(tmp_path: Path, shared_backends: dict) 
             "required": True,
             "kind": "redis",
             "url": dead_redis,
+            "cluster": False,
         }
         assert body["checks"]["large:chat"]["ok"] is False
         assert body["checks"]["large:chat"]["url"] == closed

@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from cascade.llm_server import LocalLLMServer, free_port
 from tests.conftest import ADMIN_TOKEN
 from tests.fleet import REVIEWS, TASK, FleetProbe, fleet_env
-from tests.processes import Proc, _exe, until
+from tests.processes import Proc, _exe, together, until
 from tests.redis_cluster import RedisClusterProcs
 
 pytestmark = pytest.mark.slow  # a six-node cluster, two gateways and a learner
@@ -120,14 +120,7 @@ async def test_two_gateways_and_a_learner_ride_out_a_master_failover(
             chaos["healed_at"] = time.monotonic()
             chaos["failover_s"] = round(chaos["healed_at"] - chaos["killed_at"], 2)
 
-        tasks = [asyncio.create_task(worker(w)) for w in range(2)]
-        tasks.append(asyncio.create_task(kill_the_tasks_master()))
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await together(worker(0), worker(1), kill_the_tasks_master())
         after = [s for s in statuses if s[0] > chaos["healed_at"]]
         assert after, "no request was sent after the failover: the test proved nothing"
         assert [s for s in after if s[1] >= 500] == [], after

@@ -264,10 +264,11 @@ def test_gateway_scales_without_port_conflicts(compose: dict[str, Any]) -> None:
     assert "/data" in gw["volumes"]
 
 
-def test_exactly_one_learner(compose: dict[str, Any]) -> None:
+def test_learners_scale_without_sharing_a_name(compose: dict[str, Any]) -> None:
     learner = compose["services"]["learner"]
-    assert learner["command"][0] == "learn"
-    assert learner["deploy"]["replicas"] == 1
+    # no --name: each replica's consumer name is its own (hostname and pid), as its lease is
+    assert learner["command"] == ["learn"]
+    assert learner["deploy"]["replicas"] == "1"  # LEARNER_REPLICAS
     assert "ports" not in learner
     assert learner["healthcheck"] == {"disable": True}  # no HTTP server to check
 

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from cascade.llm_server import LocalLLMServer, free_port
 from tests.conftest import ADMIN_TOKEN, RedisServer
 from tests.fleet import REVIEWS, TASK, FleetProbe, fleet_env
-from tests.processes import Proc, until
+from tests.processes import Proc, together, until
 
 pytestmark = pytest.mark.slow  # three gateway processes and a learner process
 
@@ -129,14 +129,7 @@ async def test_three_gateways_one_learner_share_one_redis(
             chaos["restarted_at"] = len(sent)
 
         t0 = time.monotonic()
-        tasks = [asyncio.create_task(worker(w)) for w in range(N_GATEWAYS)]
-        tasks.append(asyncio.create_task(kill_and_restart_learner()))
-        try:
-            await asyncio.gather(*tasks)
-        finally:  # on a failure, stop the others (no learner is started after the teardown)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await together(*(worker(w) for w in range(N_GATEWAYS)), kill_and_restart_learner())
         t_stream = time.monotonic() - t0
         assert sorted(sent) == list(range(N_REQUESTS))
         assert 0 < chaos["sent"] < chaos["restarted_at"] < N_REQUESTS, chaos

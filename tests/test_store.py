@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from cascade.llm_server import free_port
-from cascade.store.base import Store
+from cascade.store.base import LeaseLostError, Store
 from cascade.store.memory import MemoryStore
 from cascade.store.redis import RedisStore
 from tests.conftest import REDIS_URL, RedisServer
@@ -265,6 +265,47 @@ async def test_versions(make_store: Callable[[], Store]) -> None:
 
 
 @pytest.mark.slow  # waits out the connect timeouts
+async def test_task_leases_fence_publishing(store: Store) -> None:
+    """One learner per task: the lease is taken, renewed, refused to another, released and
+    expired; a version is published only under the lease that holds the task."""
+    a = await store.task_lease(TASK, "learner-a", 1.0)
+    assert a is not None and a.startswith("learner-a#")
+    assert await store.task_lease(TASK, "learner-a", 1.0, token=a) == a  # renewed
+    assert await store.task_lease(TASK, "learner-b", 1.0) is None
+    b_chat = await store.task_lease("chat", "learner-b", 1.0)  # another task is free
+    assert b_chat is not None
+    assert await store.put_version(TASK, b"v1", owner=a) == 1
+    with pytest.raises(LeaseLostError):
+        await store.put_version(TASK, b"v2", owner=b_chat)
+    assert await store.latest_version(TASK) == 1  # the refused version is not served
+    await store.task_release(TASK, b_chat)  # not that lease: nothing happens
+    assert await store.task_lease(TASK, "learner-b", 1.0) is None
+    await store.task_release(TASK, a)
+    b = await store.task_lease(TASK, "learner-b", 0.3)
+    assert b is not None and b != a
+    await asyncio.sleep(0.5)  # b stalled past its lease: it cannot renew, even unclaimed
+    assert await store.task_lease(TASK, "learner-b", 1.0, token=b) is None
+    a2 = await store.task_lease(TASK, "learner-a", 1.0)  # a takes the task back
+    assert a2 is not None and a2 not in (a, b)
+    with pytest.raises(LeaseLostError):
+        await store.put_version(TASK, b"late", owner=b)
+    with pytest.raises(LeaseLostError):
+        await store.put_version(TASK, b"old", owner=a)  # a's earlier lease is not this one
+    assert await store.get_version(TASK, await store.latest_version(TASK)) == b"v1"
+    # a restarted process of the same name takes its own lease over at once
+    a3 = await store.task_lease(TASK, "learner-a", 1.0)
+    assert a3 is not None and a3 != a2
+    assert await store.task_lease(TASK, "learner-a", 1.0, token=a2) is None
+
+
+async def test_learners_alive(store: Store) -> None:
+    assert await store.learners_alive("learner-a", 0.5) == 1
+    assert await store.learners_alive("learner-b", 0.5) == 2
+    assert await store.learners_alive("learner-a", 0.5) == 2  # the same one again
+    await asyncio.sleep(0.7)  # b stopped saying so
+    assert await store.learners_alive("learner-a", 0.5) == 1
+
+
 async def test_redis_unreachable_fails_open(tmp_path: Path) -> None:
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", tmp_path / "data", prefix="cgdown")
     try:

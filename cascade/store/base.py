@@ -45,6 +45,10 @@ def bucket_plan(window_s: int) -> tuple[str, int, int]:
     return name, size, window_s // size + 1
 
 
+class LeaseLostError(RuntimeError):
+    """This learner no longer holds the task's lease: another one learns it now."""
+
+
 class Store(ABC):
     """Shared state of the gateway; every method fails open where the hot path calls it."""
 
@@ -218,8 +222,12 @@ class Store(ABC):
     # ------------------------------------------------------------------ versions
 
     @abstractmethod
-    async def put_version(self, task: str, blob: bytes, keep: int = 5) -> int:
-        """Store a new version of a task's learned state; return its number."""
+    async def put_version(
+        self, task: str, blob: bytes, keep: int = 5, owner: str | None = None
+    ) -> int:
+        """Store a new version of a task's learned state; return its number. With ``owner`` (a
+        lease token), only while that lease holds the task (else ``LeaseLostError``): a learner
+        stalled past its lease cannot publish over the one that took the task over."""
 
     @abstractmethod
     async def latest_version(self, task: str) -> int:
@@ -227,6 +235,26 @@ class Store(ABC):
 
     @abstractmethod
     async def get_version(self, task: str, number: int) -> bytes | None: ...
+
+    # ------------------------------------------------------------------ learner leases
+
+    @abstractmethod
+    async def task_lease(
+        self, task: str, owner: str, ttl_s: float, token: str | None = None
+    ) -> str | None:
+        """Without ``token``: take the task's learner lease if it is free (or held by an
+        earlier process of the same name) and return its token (``owner#epoch``, a new epoch
+        each time). With ``token``: renew the lease if it is still that one. None when the
+        lease is, or was meanwhile, another's: an expired lease is never renewed, since
+        another learner may have held the task in between."""
+
+    @abstractmethod
+    async def task_release(self, task: str, token: str) -> None:
+        """Give the lease up (only if it is still ``token``): another learner may take it now."""
+
+    @abstractmethod
+    async def learners_alive(self, member: str, ttl_s: float) -> int:
+        """Record that learner ``member`` is alive; how many learners did so within ``ttl_s``."""
 
     # ------------------------------------------------------------------ small shared tables
 

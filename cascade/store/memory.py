@@ -15,7 +15,7 @@ from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Any
 
-from cascade.store.base import BUCKETS, Store, add_counters
+from cascade.store.base import BUCKETS, LeaseLostError, Store, add_counters
 
 
 class _TTLDict:
@@ -73,6 +73,9 @@ class MemoryStore(Store):
         self._file_lock = asyncio.Lock()
         self._sem: dict[str, list[tuple[str, float, dict[str, str]]]] = {}
         self._sem_seq = 0
+        self._leases: dict[str, tuple[str, float]] = {}  # task: (token, until)
+        self._epochs: dict[str, int] = {}
+        self._alive: dict[str, float] = {}  # learner: last heartbeat
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "data_dir": str(self.data_dir)}
@@ -259,7 +262,11 @@ class MemoryStore(Store):
     def _version_dir(self, task: str) -> Path:
         return self.data_dir / "versions" / task
 
-    async def put_version(self, task: str, blob: bytes, keep: int = 5) -> int:
+    async def put_version(
+        self, task: str, blob: bytes, keep: int = 5, owner: str | None = None
+    ) -> int:
+        if owner is not None and not self._holds(task, owner):
+            raise LeaseLostError(f"learner {owner} no longer holds task {task}")
         d = self._version_dir(task)
         d.mkdir(parents=True, exist_ok=True)
         number = await self.latest_version(task) + 1
@@ -278,6 +285,39 @@ class MemoryStore(Store):
     async def get_version(self, task: str, number: int) -> bytes | None:
         path = self._version_dir(task) / f"{number:08d}.safetensors"
         return path.read_bytes() if path.exists() else None
+
+    # ------------------------------------------------------------------ learner leases
+    # one process shares this store: leases only keep its own learners apart
+
+    def _holds(self, task: str, token: str) -> bool:
+        held = self._leases.get(task)
+        return held is not None and held[0] == token and held[1] > time.monotonic()
+
+    async def task_lease(
+        self, task: str, owner: str, ttl_s: float, token: str | None = None
+    ) -> str | None:
+        held = self._leases.get(task)
+        live = held is not None and held[1] > time.monotonic()
+        if token is not None:
+            if live and held is not None and held[0] == token:
+                self._leases[task] = (token, time.monotonic() + ttl_s)
+                return token
+            return None
+        if live and held is not None and not held[0].startswith(f"{owner}#"):
+            return None
+        self._epochs[task] = self._epochs.get(task, 0) + 1
+        token = f"{owner}#{self._epochs[task]}"
+        self._leases[task] = (token, time.monotonic() + ttl_s)
+        return token
+
+    async def task_release(self, task: str, token: str) -> None:
+        if self._holds(task, token):
+            del self._leases[task]
+
+    async def learners_alive(self, member: str, ttl_s: float) -> int:
+        now = time.monotonic()
+        self._alive[member] = now
+        return sum(1 for t in self._alive.values() if t > now - ttl_s)
 
 
 def _append_fsync(path: Path, line: str) -> None:

@@ -11,11 +11,13 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from cascade.store.base import LeaseLostError
 from cascade.store.redis_base import RedisBase
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,12 @@ return false
 """
 
 #: Store a version and point ``latest`` at it (never back: a slower publisher of an older
-#: number loses), dropping the one ``keep`` behind, atomically in one slot.
+#: number loses), dropping the one ``keep`` behind, atomically in one slot; refused when the
+#: publisher (ARGV[4], if any) no longer holds the task's lease (KEYS[4]).
 _PUT_VERSION = """
+if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then
+  return redis.error_reply('LEASELOST the learner lost the task lease')
+end
 redis.call('SET', KEYS[1], ARGV[1])
 local latest = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tonumber(ARGV[2]) > latest then
@@ -45,6 +51,33 @@ if ARGV[3] == '1' then
   redis.call('DEL', KEYS[3])
 end
 return 1
+"""
+
+
+#: Renew the lease if it is still ARGV[3]; or, without a token, take it if free (or held by
+#: an earlier process of the same name) under a new epoch. PX: milliseconds.
+_LEASE = """
+local cur = redis.call('GET', KEYS[1])
+if ARGV[3] ~= '' then
+  if cur == ARGV[3] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return cur
+  end
+  return false
+end
+if (not cur) or string.sub(cur, 1, #ARGV[1] + 1) == ARGV[1] .. '#' then
+  local token = ARGV[1] .. '#' .. redis.call('INCR', KEYS[2])
+  redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+  return token
+end
+return false
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
 
@@ -141,6 +174,12 @@ class RedisDemos(RedisBase):
                     done.append(mid)
             for i in range(0, len(done), 1000):
                 await self.slow.xack(stream, GROUP, *done[i : i + 1000])
+        # consumers left by learners that are gone (each process has its own name) hold
+        # nothing now: drop them so the group does not grow with every restart
+        for c in await self.slow.xinfo_consumers(stream, GROUP):
+            name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+            if name != consumer and int(c.get("pending", 0)) == 0:
+                await self.slow.xgroup_delconsumer(stream, GROUP, name)
         self._pending_cursor[task] = "0-0"
 
     async def read_demos(
@@ -192,19 +231,48 @@ class RedisDemos(RedisBase):
                 return int(g.get("pending", 0)) + int(lag)
         return int(await self.slow.xlen(stream))
 
-    async def put_version(self, task: str, blob: bytes, keep: int = 5) -> int:
+    async def put_version(
+        self, task: str, blob: bytes, keep: int = 5, owner: str | None = None
+    ) -> int:
         number = int(await self.slow.incr(self.tk("ver", task, "seq")))
-        await self.slow.eval(
-            _PUT_VERSION,
-            3,
-            self.tk("ver", task, number),
-            self.tk("ver", task, "latest"),
-            self.tk("ver", task, number - keep),
-            blob,
-            number,
-            int(number > keep),
-        )
+        try:
+            await self.slow.eval(
+                _PUT_VERSION,
+                4,
+                self.tk("ver", task, number),
+                self.tk("ver", task, "latest"),
+                self.tk("ver", task, number - keep),
+                self.tk("lease", task),
+                blob,
+                number,
+                int(number > keep),
+                owner or "",
+            )
+        except ResponseError as e:
+            if "LEASELOST" in str(e):
+                raise LeaseLostError(f"learner {owner} no longer holds task {task}") from None
+            raise
         return number
+
+    # ------------------------------------------------------------------ learner leases
+
+    async def task_lease(
+        self, task: str, owner: str, ttl_s: float, token: str | None = None
+    ) -> str | None:
+        keys = (self.tk("lease", task), self.tk("lease", task, "epoch"))
+        got = await self.slow.eval(_LEASE, 2, *keys, owner, int(ttl_s * 1000), token or "")
+        return got.decode() if isinstance(got, bytes) else got or None
+
+    async def task_release(self, task: str, token: str) -> None:
+        await self.slow.eval(_RELEASE, 1, self.tk("lease", task), token)
+
+    async def learners_alive(self, member: str, ttl_s: float) -> int:
+        key, now = self.k("learners"), time.time()
+        async with self.slow.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {member: now})
+            pipe.zremrangebyscore(key, "-inf", now - ttl_s)
+            pipe.zcard(key)
+            return int((await pipe.execute())[-1])
 
     async def latest_version(self, task: str) -> int:
         raw = await self.slow.get(self.tk("ver", task, "latest"))
