@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 
 from cascade.llm_server import LocalLLMServer, free_port
 from tests.conftest import ADMIN_TOKEN
-from tests.fleet import REVIEWS, TASK, FleetProbe, fleet_env
+from tests.fleet import LEARNER, REVIEWS, TASK, FleetProbe, fleet_env
 from tests.processes import Proc, _exe, together, until
 from tests.redis_cluster import RedisClusterProcs
 
@@ -157,6 +157,7 @@ async def test_two_gateways_and_a_learner_ride_out_a_master_failover(
             assert g["demonstrations"] == by_large and g["large_llm_calls"] == by_large
             assert g["degraded"] == 0 and g["unavailable"] == 0, g
             assert g["learner_lag"] == 0
+            assert g["learner"] == LEARNER  # the lease lives in the task's slot too
 
         # ---- the exact cache: gateway 1 answers a request gateway 0 served, from the cache
         first = answers[0]

@@ -87,6 +87,9 @@ async def test_two_learners_share_four_tasks_and_survive_a_kill(
             p.start()
         await until("the gateway ready", lambda: _ok(client.get("/readyz")), 180, procs, 0.5)
         split = await until("two tasks per learner", split_two_and_two, 120, procs, 0.2)
+        stats = (await client.get("/admin/stats")).json()["tasks"]
+        shown = {t: stats[t]["learner"] for t in TASKS}  # who learns what, for the operator
+        assert shown == split, (shown, split)
 
         # ---- the stream: every task in turn, two requests in flight
         answers: dict[tuple[str, int], dict[str, Any]] = {}

@@ -268,8 +268,10 @@ async def test_versions(make_store: Callable[[], Store]) -> None:
 async def test_task_leases_fence_publishing(store: Store) -> None:
     """One learner per task: the lease is taken, renewed, refused to another, released and
     expired; a version is published only under the lease that holds the task."""
+    assert await store.task_owner(TASK) is None
     a = await store.task_lease(TASK, "learner-a", 1.0)
     assert a is not None and a.startswith("learner-a#")
+    assert await store.task_owner(TASK) == "learner-a"
     assert await store.task_lease(TASK, "learner-a", 1.0, token=a) == a  # renewed
     assert await store.task_lease(TASK, "learner-b", 1.0) is None
     b_chat = await store.task_lease("chat", "learner-b", 1.0)  # another task is free
@@ -284,6 +286,7 @@ async def test_task_leases_fence_publishing(store: Store) -> None:
     b = await store.task_lease(TASK, "learner-b", 0.3)
     assert b is not None and b != a
     await asyncio.sleep(0.5)  # b stalled past its lease: it cannot renew, even unclaimed
+    assert await store.task_owner(TASK) is None
     assert await store.task_lease(TASK, "learner-b", 1.0, token=b) is None
     a2 = await store.task_lease(TASK, "learner-a", 1.0)  # a takes the task back
     assert a2 is not None and a2 not in (a, b)

@@ -63,6 +63,7 @@ async def stats(
             if "policy" in entry:
                 t["levels"][entry["name"]]["policy"] = entry["policy"]
         t["learner_lag"] = await _read(gw.store.demo_lag(name))
+        t["learner"] = await _read(gw.store.task_owner(name))  # who learns it (its lease)
         if rt.semantic is not None:  # the gate's live state: every gateway's evidence
             t["semantic_cache"]["gate"] = rt.semantic.report()
         else:

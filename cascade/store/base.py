@@ -253,6 +253,10 @@ class Store(ABC):
         """Give the lease up (only if it is still ``token``): another learner may take it now."""
 
     @abstractmethod
+    async def task_owner(self, task: str) -> str | None:
+        """The learner that holds the task's lease now (None: no learner learns it)."""
+
+    @abstractmethod
     async def learners_alive(self, member: str, ttl_s: float) -> int:
         """Record that learner ``member`` is alive; how many learners did so within ``ttl_s``."""
 

@@ -314,6 +314,12 @@ class MemoryStore(Store):
         if self._holds(task, token):
             del self._leases[task]
 
+    async def task_owner(self, task: str) -> str | None:
+        held = self._leases.get(task)
+        if held is None or held[1] <= time.monotonic():
+            return None
+        return held[0].rpartition("#")[0]
+
     async def learners_alive(self, member: str, ttl_s: float) -> int:
         now = time.monotonic()
         self._alive[member] = now

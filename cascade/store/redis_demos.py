@@ -266,6 +266,10 @@ class RedisDemos(RedisBase):
     async def task_release(self, task: str, token: str) -> None:
         await self.slow.eval(_RELEASE, 1, self.tk("lease", task), token)
 
+    async def task_owner(self, task: str) -> str | None:
+        raw = await self.slow.get(self.tk("lease", task))
+        return raw.decode().rpartition("#")[0] if raw else None
+
     async def learners_alive(self, member: str, ttl_s: float) -> int:
         key, now = self.k("learners"), time.time()
         async with self.slow.pipeline(transaction=False) as pipe:
