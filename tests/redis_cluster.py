@@ -108,6 +108,23 @@ class RedisClusterProcs:
                 return int(master[1])
         raise LookupError(key)
 
+    def replica_of(self, master: int) -> int:
+        """The port of a replica of the master on ``master``."""
+        nodes = self.client(master).cluster("NODES")
+        ids = {n["node_id"]: int(a.split("@")[0].rsplit(":", 1)[1]) for a, n in nodes.items()}
+        mine = next(i for i, p in ids.items() if p == master)
+        for addr, node in nodes.items():
+            if node.get("master_id") == mine and "fail" not in node["flags"]:
+                return int(addr.split("@")[0].rsplit(":", 1)[1])
+        raise LookupError(f"no replica of {master}")
+
+    def pause(self, port: int) -> None:
+        """SIGSTOP a node: it keeps its connections but answers nothing (a hung machine)."""
+        self.procs[port].send_signal(signal.SIGSTOP)
+
+    def resume(self, port: int) -> None:
+        self.procs[port].send_signal(signal.SIGCONT)
+
     def kill(self, port: int) -> None:
         """SIGKILL one node (a crashed machine: no goodbye to the cluster)."""
         proc = self.procs[port]

@@ -18,6 +18,7 @@ from cascade.store.base import LeaseLostError, Store
 from cascade.store.memory import MemoryStore
 from cascade.store.redis import RedisStore
 from tests.conftest import REDIS_URL, RedisServer
+from tests.redis_cluster import RedisClusterProcs
 
 TASK = "sentiment"
 
@@ -307,6 +308,34 @@ async def test_learners_alive(store: Store) -> None:
     assert await store.learners_alive("learner-a", 0.5) == 2  # the same one again
     await asyncio.sleep(0.7)  # b stopped saying so
     assert await store.learners_alive("learner-a", 0.5) == 1
+
+
+async def test_a_demonstration_no_replica_confirmed_is_kept_and_retried(
+    redis_cluster: RedisClusterProcs, tmp_path: Path, redis_prefix: str
+) -> None:
+    """On a cluster a master may die before its replica has a write it acknowledged: an
+    append waits for a replica (WAIT on the same connection), and one no replica confirmed
+    stays in the outbox and is retried, written once all the same."""
+    store = RedisStore(redis_cluster.url, tmp_path / "data", prefix=redis_prefix)
+    stream = f"{redis_prefix}:demos:{{{TASK}}}"
+    try:
+        await store.append_demo(TASK, demo(0))
+        assert store.demos_buffered == 0  # a replica confirmed it
+        replica = redis_cluster.replica_of(redis_cluster.master_of(stream))
+        redis_cluster.pause(replica)  # shorter than the node timeout: no failover
+        try:
+            await store.append_demo(TASK, demo(1))
+            assert store.demos_buffered == 1  # the master has it; no replica said so
+            assert store.breaker.is_open is False  # a slow replica is not an outage
+        finally:
+            redis_cluster.resume(replica)
+        await store.flush_counters()  # flushes the outbox: the replica confirms now
+        assert store.demos_buffered == 0
+        entries = redis_cluster.cluster_client().xrange(stream)
+        texts = [json.loads(fields[b"d"])["input"] for _, fields in entries]
+        assert texts == ["text 0", "text 1"]  # the retry found it written: not added twice
+    finally:
+        await store.close()
 
 
 async def test_redis_unreachable_fails_open(tmp_path: Path) -> None:

@@ -34,6 +34,8 @@ class RedisStore(RedisDemos):
         await self._flush_outbox()
         await self.fast.aclose()
         await self.slow.aclose()
+        for node in self._nodes.values():
+            await node.aclose()
 
     # ------------------------------------------------------------------ cache and records
 

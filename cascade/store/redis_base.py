@@ -12,6 +12,7 @@ import asyncio
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -36,6 +37,14 @@ def is_cluster_url(url: str) -> bool:
 def _plain_url(url: str) -> str:
     """``redis+cluster://h:p`` -> ``redis://h:p``: redis-py's own scheme for the same node."""
     return url.replace("+cluster://", "://", 1) if is_cluster_url(url) else url
+
+
+def node_url(url: str, host: str, port: int) -> str:
+    """The configured URL (scheme, credentials, options) pointed at one node of the cluster."""
+    parts = urlsplit(_plain_url(url))
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, "", parts.query, ""))
 
 
 def _clients(url: str, cluster: bool, socket_timeout_s: float) -> tuple[Any, Any]:
@@ -101,6 +110,10 @@ class RedisBase(Store):
         self._outbox = Outbox(data_dir / "outbox", outbox_max)
         self._pending_cursor: dict[str, str] = {}  # re-delivering own pending entries from here
         self._groups: set[str] = set()
+        self.socket_timeout_s = socket_timeout_s
+        # cluster: a plain client per master for appends that WAIT for a replica
+        self._nodes: dict[tuple[str, int, bool], Any] = {}
+        self._replicas: dict[str, tuple[int, float]] = {}  # master: (replicas, when seen)
 
     def k(self, *parts: object) -> str:
         return ":".join([self.prefix, *map(str, parts)])

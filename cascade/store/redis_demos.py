@@ -8,6 +8,7 @@ the ``latest`` pointer move together, so they must live in one slot."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,10 +16,10 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError, SlotNotCoveredError
 
 from cascade.store.base import LeaseLostError
-from cascade.store.redis_base import RedisBase
+from cascade.store.redis_base import RedisBase, node_url
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,19 @@ GROUP = "learners"
 #: may retry one whose first attempt timed out after Redis had served it: an outage's length).
 DEMO_SEEN_TTL_S = 86_400
 
+#: On a cluster, how long an append waits for a replica to confirm it, and how often a master's
+#: replica count is looked up again.
+REPLICA_WAIT_MS = 100
+REPLICA_RECHECK_S = 5.0
+
+#: Append a demonstration unless it was appended before. The seen path writes too (the
+#: marker's TTL): on a cluster, the WAIT that follows then covers the first append as well,
+#: whichever connection made it (a replica applies the master's writes in order).
 _APPEND_ONCE = """
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
   return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[1])
 end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
 return false
 """
 
@@ -81,6 +91,10 @@ return 0
 """
 
 
+class NotReplicatedError(RedisError):
+    """A master took a demonstration but no replica confirmed it in time: retried."""
+
+
 def _id_tuple(i: str) -> tuple[int, int]:
     ms, _, seq = i.partition("-")
     return int(ms), int(seq or 0)
@@ -105,26 +119,87 @@ class RedisDemos(RedisBase):
         """Append once: the script adds the entry only if this exact demonstration (it carries
         its request id and a timestamp) was not added before, so a retry after a timeout that
         Redis had in fact served (the outbox flushing it later) cannot write it twice."""
+        keys = self._demo_keys(task, data)
+        if self.cluster:
+            await self._xadd_replicated(keys, data, client or self.slow)
+            return
         await (client or self.slow).eval(
-            _APPEND_ONCE,
-            2,
-            *self._demo_keys(task, data),
-            data,
-            self.demo_maxlen,
-            DEMO_SEEN_TTL_S,
+            _APPEND_ONCE, 2, *keys, data, self.demo_maxlen, DEMO_SEEN_TTL_S
         )
+
+    async def _xadd_replicated(self, keys: list[str], data: str, cluster: Any) -> None:
+        """On a cluster: append on the slot's master and WAIT, on the same connection, until
+        a replica has it too. Replication is asynchronous: a master killed right after it
+        acknowledged a write takes the write with it when its replica is promoted. A write no
+        replica confirmed raises, so the outbox keeps it and retries (a no-op where it did
+        survive: the seen-marker travels with the entry). A master with no replica is only
+        appended to: there is nothing to wait for."""
+        try:
+            node = cluster.get_node_from_key(keys[0])
+        except SlotNotCoveredError:  # no command has gone through this client yet
+            await cluster.initialize()
+            node = cluster.get_node_from_key(keys[0])
+        client = self._node_client(node.host, node.port, cluster is self.fast)
+        try:
+            replicas = await self._replica_count(node.name, client)
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.eval(_APPEND_ONCE, 2, *keys, data, self.demo_maxlen, DEMO_SEEN_TTL_S)
+                if replicas:
+                    pipe.execute_command("WAIT", 1, REPLICA_WAIT_MS)
+                res = await pipe.execute()
+        except (RedisError, OSError):
+            # a moved slot (failover, resharding) or a dead master: refresh the cluster's
+            # map so the outbox's retry goes to the slot's new master
+            with contextlib.suppress(Exception):
+                await cluster.nodes_manager.initialize()
+            raise
+        if replicas and int(res[1]) < 1:
+            raise NotReplicatedError(f"no replica of {node.name} confirmed a demonstration")
+
+    def _node_client(self, host: str, port: int, fast: bool) -> aioredis.Redis:
+        key = (host, port, fast)
+        if key not in self._nodes:
+            connect = self.socket_timeout_s if fast else 1.0
+            self._nodes[key] = aioredis.Redis.from_url(
+                node_url(self.url, host, port),
+                socket_timeout=connect + REPLICA_WAIT_MS / 1000 if fast else 10.0,
+                socket_connect_timeout=connect,
+            )
+        return self._nodes[key]
+
+    async def _replica_count(self, name: str, client: aioredis.Redis) -> int:
+        """Connected replicas of a master (ROLE), remembered for a few seconds."""
+        now = time.monotonic()
+        seen = self._replicas.get(name)
+        if seen is None or now - seen[1] > REPLICA_RECHECK_S:
+            role = await client.execute_command("ROLE")
+            count = len(role[2]) if role and role[0] in (b"master", "master") else 0
+            seen = self._replicas[name] = (count, now)
+        return seen[0]
 
     async def append_demo(self, task: str, demo: dict[str, Any]) -> None:
         data = json.dumps(demo, ensure_ascii=False, separators=(",", ":"))
         if not self._outbox:
             # the fast client: a stopped Redis costs this request one short timeout, not the
             # slow client's retries; the outbox retries what timed out, at most once in effect
-            ok, _ = await self._try_fast(lambda: self._xadd_demo(task, data, self.fast))
-            if ok:
+            ok, stored = await self._try_fast(lambda: self._append_fast(task, data))
+            if ok and stored:
                 return
-            log.warning("demonstration buffered, Redis unavailable")
+            log.warning(
+                "demonstration buffered: %s",
+                "Redis unavailable" if not ok else "no replica confirmed it",
+            )
         self._outbox.push(task, data)
         await asyncio.to_thread(self._outbox.save)
+
+    async def _append_fast(self, task: str, data: str) -> bool:
+        """False where the master took it but no replica confirmed it: a lagging replica is
+        no outage, so it must not open the hot path's breaker (the cache would go unread)."""
+        try:
+            await self._xadd_demo(task, data, self.fast)
+        except NotReplicatedError:
+            return False
+        return True
 
     async def _flush_outbox(self) -> None:
         sent = 0
