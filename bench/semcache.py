@@ -38,7 +38,9 @@ ENCODER, FAST_ENCODER = "minilm", "minilm-int8"
 class SemcacheArgs:
     """``bench semcache``'s arguments; each is also its flag."""
 
-    limit: int = arg(3000, "requests (the tweets in a seeded order, duplicates kept)")
+    limit: int | None = arg(
+        None, "requests (default: all 7,613 tweets, in a seeded order, duplicates kept)"
+    )
     seed: int = arg(42)
     thresholds: tuple[float, ...] = arg(
         (0.8, 0.9, 0.95, 0.98), "fixed cosine thresholds (peers ship 0.8-0.95)"
