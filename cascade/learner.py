@@ -76,7 +76,6 @@ class Learner:
         self._settings_rev: dict[str, int] = {}
         self._settings_checked: dict[str, float] = {}
         self.leasing = False  # run() learns the tasks whose lease it holds; step() alone, any
-        self._fresh = set(self.learners)  # task learners that hold no state yet
         self._tokens: dict[str, str] = {}  # the lease of each task this learner holds
 
     def _task_learner(self, name: str) -> TaskLearner:
@@ -251,18 +250,16 @@ class Learner:
             if token is None:
                 continue
             self._tokens[task] = token
-            if task not in self._fresh:
-                self.learners[task] = self._task_learner(task)
-            self._fresh.discard(task)
             await self.resume_task(task)
             loops[task] = asyncio.create_task(self._loop(task))
 
     def _forget(self, task: str) -> None:
-        """Another learner owns the task now: nothing of it stays here."""
+        """Another learner owns the task now: nothing of it stays here (a fresh task learner
+        waits, should the task come back: it resumes from the versions, not from memory)."""
         self._unacked.pop(task, None)
         self.published.pop(task, None)
         self._tokens.pop(task, None)
-        self._fresh.discard(task)
+        self.learners[task] = self._task_learner(task)
 
     async def _loop(self, task: str) -> None:
         while True:

@@ -13,9 +13,10 @@ from redis.exceptions import ResponseError
 from cascade.versions import load_state
 from tests.api_helpers import edit_config
 from tests.conftest import ADMIN_TOKEN, MODELS, write_config
-from tests.processes import until
+from tests.processes import Proc, until
 
 TASK = "sentiment"
+SERVE = ["serve", "--host", "127.0.0.1", "--no-learner", "--no-llm-server"]
 LEARNER = "learner-scaleout"
 GROUP = "learners"  # cascade.store.redis_demos.GROUP
 
@@ -80,6 +81,16 @@ def fleet_env(tmp_path: Path, llm_url: str, redis_url: str, prefix: str) -> dict
         LOG_LEVEL="info",
     )
     return env
+
+
+def gateway_proc(i: int, port: int, env: dict[str, str], tmp_path: Path) -> Proc:
+    """Gateway number ``i`` on ``port``: serve-only, its own data directory and log."""
+    return Proc(
+        f"gateway-{i}",
+        [*SERVE, "--port", str(port)],
+        {**env, "CASCADE_DATA_DIR": str(tmp_path / f"gw{i}")},
+        tmp_path / "logs" / f"gateway-{i}.log",
+    )
 
 
 class FleetProbe:

@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 
 from cascade.llm_server import LocalLLMServer, free_port
 from tests.conftest import ADMIN_TOKEN
-from tests.fleet import LEARNER, REVIEWS, TASK, FleetProbe, fleet_env
+from tests.fleet import LEARNER, REVIEWS, TASK, FleetProbe, fleet_env, gateway_proc
 from tests.processes import Proc, _exe, together, until
 from tests.redis_cluster import RedisClusterProcs
 
@@ -36,7 +36,6 @@ pytestmark = pytest.mark.slow  # a six-node cluster, two gateways and a learner
 
 N_REQUESTS = 48
 PREFIX = "cgcluster"
-SERVE = ["serve", "--host", "127.0.0.1", "--no-learner", "--no-llm-server"]
 
 
 @pytest.fixture
@@ -64,15 +63,7 @@ async def test_two_gateways_and_a_learner_ride_out_a_master_failover(
     logs = tmp_path / "logs"
     logs.mkdir()
     ports = [free_port() for _ in range(2)]
-    gateways = [
-        Proc(
-            f"gateway-{i}",
-            [*SERVE, "--port", str(port)],
-            {**env, "CASCADE_DATA_DIR": str(tmp_path / f"gw{i}")},
-            logs / f"gateway-{i}.log",
-        )
-        for i, port in enumerate(ports)
-    ]
+    gateways = [gateway_proc(i, port, env, tmp_path) for i, port in enumerate(ports)]
     learner = Proc(
         "learner", ["learn"], {**env, "CASCADE_DATA_DIR": str(tmp_path / "l")}, logs / "l.log"
     )

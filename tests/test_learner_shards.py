@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from cascade.llm_server import LocalLLMServer, free_port
 from tests.api_helpers import edit_config
 from tests.conftest import ADMIN_TOKEN, RedisServer
-from tests.fleet import REVIEWS, TASK, FleetProbe, fleet_env
+from tests.fleet import REVIEWS, TASK, FleetProbe, fleet_env, gateway_proc
 from tests.processes import Proc, together, until
 
 pytestmark = pytest.mark.slow  # a gateway and two learner processes
@@ -51,12 +51,7 @@ async def test_two_learners_share_four_tasks_and_survive_a_kill(
     logs = tmp_path / "logs"
     logs.mkdir()
     port = free_port()
-    gateway = Proc(
-        "gateway",
-        ["serve", "--host", "127.0.0.1", "--port", str(port), "--no-learner", "--no-llm-server"],
-        {**env, "CASCADE_DATA_DIR": str(tmp_path / "gw")},
-        logs / "gateway.log",
-    )
+    gateway = gateway_proc(0, port, env, tmp_path)
     learners = [
         Proc(
             f"learner-{n}",

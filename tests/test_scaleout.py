@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 
 from cascade.llm_server import LocalLLMServer, free_port
 from tests.conftest import ADMIN_TOKEN, RedisServer
-from tests.fleet import REVIEWS, TASK, FleetProbe, fleet_env
+from tests.fleet import REVIEWS, TASK, FleetProbe, fleet_env, gateway_proc
 from tests.processes import Proc, together, until
 
 pytestmark = pytest.mark.slow  # three gateway processes and a learner process
@@ -37,7 +37,6 @@ pytestmark = pytest.mark.slow  # three gateway processes and a learner process
 N_GATEWAYS = 3
 N_REQUESTS = 60
 ADMIN = {"x-admin-token": ADMIN_TOKEN}
-SERVE = ["serve", "--host", "127.0.0.1", "--no-learner", "--no-llm-server"]
 
 
 @pytest.fixture
@@ -64,15 +63,7 @@ async def test_three_gateways_one_learner_share_one_redis(
         return Proc(f"learner#{n}", ["learn"], env, logs / f"learner-{n}.log")
 
     ports = [free_port() for _ in range(N_GATEWAYS)]
-    gateways = [
-        Proc(
-            f"gateway-{i}",
-            [*SERVE, "--port", str(port)],
-            {**cluster_env, "CASCADE_DATA_DIR": str(tmp_path / f"gw{i}")},
-            logs / f"gateway-{i}.log",
-        )
-        for i, port in enumerate(ports)
-    ]
+    gateways = [gateway_proc(i, port, cluster_env, tmp_path) for i, port in enumerate(ports)]
     learner = learner_proc(1)
     procs = [*gateways, learner]
 
