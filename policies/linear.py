@@ -5,8 +5,9 @@ post-hoc deferral rule all score z = standardise(x) @ coef_ + intercept_ and rea
 probabilities off it; each had its own copy of that arithmetic. It lives here once, learned
 two ways: ``partial_fit`` takes one SGD pass over a batch (online, as the hashed levels learn)
 and ``fit`` refits an L2 logistic regression with L-BFGS on all it is given (heads over frozen
-features, which need honest confidences). ``state``/``load_state`` give and take the arrays
-that versions store, in the keys, shapes and dtypes they have always had.
+features, which need honest confidences; scikit-learn's objective, ``policies.lbfgs``).
+``state``/``load_state`` give and take the arrays that versions store, in the keys, shapes
+and dtypes they have always had.
 
 What ``coef_`` holds:
 
@@ -23,7 +24,9 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy import sparse
-from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.linear_model import SGDClassifier
+
+from policies.lbfgs import fit_logistic
 
 UNSEEN = -30.0  # intercept of a class no fit has seen: e^-30 of the mass, never the answer
 
@@ -51,7 +54,8 @@ class LinearHead:
         self.scale_: np.ndarray | None = None
         self.resume_t: float | None = None  # SGD's step count to go on from (None: restart)
         self._sgd: SGDClassifier | None = None
-        self._lbfgs: LogisticRegression | None = None
+        self._warm: tuple[np.ndarray, np.ndarray] | None = None  # classes and the last fit
+        self.n_iter_ = 0  # L-BFGS iterations of the last fit
 
     @property
     def fitted(self) -> bool:
@@ -108,21 +112,40 @@ class LinearHead:
 
     # ------------------------------------------------------------------ learning
 
-    def fit(self, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> bool:
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        moments: tuple[np.ndarray, np.ndarray] | None = None,
+        max_iter: int | None = None,
+    ) -> bool:
         """Refit on all of (x, y), standardised; False, changing nothing, while y holds a
-        single class. ``warm_start`` starts L-BFGS from the last fit's solution."""
+        single class. ``warm_start`` starts L-BFGS from the last fit's solution. ``moments``:
+        x's column means and standard deviations, where the caller keeps them up to date
+        (computing them costs as much as an L-BFGS step on a large memory). ``max_iter``: at
+        most this many L-BFGS iterations this time (a warm start that need not converge:
+        the next refit goes on from where this one stopped)."""
         present = np.unique(y)
         if len(present) < 2:
             return False
-        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-3
-        lr = self._lbfgs
-        stale = lr is None or len(getattr(lr, "classes_", present)) != len(present)
-        if stale or not self.warm_start:
-            lr = LogisticRegression(C=self.c, max_iter=self.max_iter, warm_start=self.warm_start)
-            self._lbfgs = lr
-        lr.fit((x - mean) / scale, y, sample_weight=sample_weight)
+        mean, std = moments if moments is not None else (x.mean(axis=0), x.std(axis=0))
+        mean, scale = mean.astype(x.dtype, copy=False), (std + 1e-3).astype(x.dtype, copy=False)
+        start = None
+        if self.warm_start and self._warm is not None and np.array_equal(self._warm[0], present):
+            start = self._warm[1]
+        coef, intercept, self.n_iter_ = fit_logistic(
+            (x - mean) / scale,
+            np.searchsorted(present, y),
+            len(present),
+            self.c,
+            start,
+            max_iter or self.max_iter,
+            sample_weight=sample_weight,
+        )
+        self._warm = (present, np.column_stack([coef, intercept]))
         self.mean_, self.scale_ = mean.astype(np.float32), scale.astype(np.float32)
-        self._export(lr.coef_, lr.intercept_, list(lr.classes_))
+        self._export(coef, intercept, list(present))
         return True
 
     def partial_fit(
