@@ -25,7 +25,9 @@ class LogisticSettings(_Settings):
     """SGD logistic regression on hashed word n-grams."""
 
     n_features: int = Field(2**18, ge=2, description="hashed feature space")
-    batch_size: int = Field(8, ge=1, description="demonstrations per partial_fit")
+    batch_size: int = Field(
+        8, ge=1, description="SGD learns once this many wait (every whole batch in one pass)"
+    )
     alpha: float = Field(1e-5, gt=0, description="L2 strength")
     ngram_max: int = Field(2, ge=1, le=5)
 

@@ -50,7 +50,8 @@ class EncoderLevel(Level):
             return self.not_ready(ms)
         return self.classify_output(self.head.proba(emb), ms)
 
-    def _examples(self, demos: list[Demo]) -> tuple[np.ndarray, np.ndarray] | None:
+    def head_examples(self, demos: list[Demo]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The head's inputs and label indices for these demonstrations (None: none usable)."""
         todo = [d for d in demos if d.label in self.labels]
         if not todo:
             return None
@@ -64,14 +65,14 @@ class EncoderLevel(Level):
         return x, y
 
     def learn(self, demos: list[Demo]) -> bool:
-        ex = self._examples(demos)
+        ex = self.head_examples(demos)
         if ex is None or not self.head.add(*ex):
             return False
         self.updates += 1
         return True
 
     def remember(self, demos: list[Demo]) -> None:
-        ex = self._examples(demos)
+        ex = self.head_examples(demos)
         if ex is not None:
             self.head.remember(*ex)
 

@@ -184,7 +184,8 @@ class LocalLMLevel(_LMLevel):
             out.extra["opinions"] = float(len(opinions))
         return out
 
-    def _examples(self, demos: list[Demo]) -> tuple[np.ndarray, np.ndarray] | None:
+    def head_examples(self, demos: list[Demo]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The probe's inputs and label indices for these demonstrations (None: none usable)."""
         xs, ys = [], []
         for d in demos:
             rec = d.levels.get(self.name) or {}
@@ -198,7 +199,7 @@ class LocalLMLevel(_LMLevel):
 
     def learn(self, demos: list[Demo]) -> bool:
         changed = self._index(demos)
-        ex = self._examples(demos) if self.probe_enabled else None
+        ex = self.head_examples(demos) if self.probe_enabled else None
         if ex is not None and self.probe.add(*ex):
             changed = True
         if changed:
@@ -229,7 +230,7 @@ class LocalLMLevel(_LMLevel):
         )
 
     def remember(self, demos: list[Demo]) -> None:
-        ex = self._examples(demos) if self.probe_enabled else None
+        ex = self.head_examples(demos) if self.probe_enabled else None
         if ex is not None:
             self.probe.remember(*ex)
 
