@@ -99,6 +99,15 @@ def cmd_semcache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learner(args: argparse.Namespace) -> int:
+    from bench.learner import LearnerArgs, learner_bench
+    from bench.learner_report import checks
+
+    payload = asyncio.run(learner_bench(from_flags(LearnerArgs, args)))
+    print(json.dumps({"points": payload["points"], **checks(payload)}))
+    return 0
+
+
 def cmd_stream_report(args: argparse.Namespace) -> int:
     from bench.stream_report import write_combined_report
 
@@ -163,6 +172,9 @@ def cmd_all(args: argparse.Namespace) -> int:
     if rc:
         return rc
     rc = main(["semcache", "--out", "bench/results/semcache.json", *base])
+    if rc:
+        return rc
+    rc = main(["learner", "--out", "bench/results/learner.json", *base])
     if rc:
         return rc
     rc = main(["tasks", "--out", "bench/results/tasks.json", *base])
@@ -244,6 +256,11 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.Namespace], int]]]
         "start-up time and memory of a gateway with many tasks on shared backends",
         "bench.tasks:TasksArgs",
         cmd_tasks,
+    ),
+    "learner": (
+        "one learner's demonstrations per second and memory up to 200,000 of them",
+        "bench.learner:LearnerArgs",
+        cmd_learner,
     ),
     "all": ("run every benchmark", None, cmd_all),
 }

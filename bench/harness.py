@@ -126,6 +126,7 @@ async def run_stream(
     label: str = "run",
     progress_every: int = 250,
     learner_stats: dict[str, float] | None = None,
+    store: MemoryStore | None = None,
 ) -> list[ItemResult]:
     """Answer every item of ``stream`` in order with a fresh cascade for ``task``.
 
@@ -133,11 +134,13 @@ async def run_stream(
     levels run, so their demonstrations carry their features), the learner trains on them,
     then learning stops and the policies' thresholds become ``then_threshold``.
     ``learner_stats`` receives the seconds the learner spent and the demonstrations it took.
+    ``store``: run on this store and leave it open (its demonstrations are the caller's).
     """
     config = ctx.config.model_copy(update={"tasks": {"bench": task}})
     pool = ctx.pool
-    work = Path(tempfile.mkdtemp(prefix="run-", dir=ctx.work_dir))
-    store = MemoryStore(work)
+    own_store = store is None
+    if store is None:
+        store = MemoryStore(Path(tempfile.mkdtemp(prefix="run-", dir=ctx.work_dir)))
     with quiet_llama():
         cascade = Cascade(config, pool, store)
         learner = (
@@ -202,7 +205,8 @@ async def run_stream(
     if learner is not None and learner_stats is not None:
         learner_stats["seconds"] = learn_s
         learner_stats["demos"] = float(learner.learners["bench"].demos)
-    await store.close()
+    if own_store:
+        await store.close()
     return results
 
 

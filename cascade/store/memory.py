@@ -190,12 +190,13 @@ class MemoryStore(Store):
 
     # ------------------------------------------------------------------ demonstrations
 
-    def _demo_path(self, task: str) -> Path:
+    def demo_path(self, task: str) -> Path:
+        """The task's demonstration log: one JSON demonstration per line, in order."""
         return self.data_dir / "demos" / f"{task}.jsonl"
 
     def _lines(self, task: str) -> int:
         if task not in self._demo_lines:
-            path = self._demo_path(task)
+            path = self.demo_path(task)
             n = 0
             if path.exists():
                 with path.open("rb") as f:
@@ -205,7 +206,7 @@ class MemoryStore(Store):
 
     async def append_demo(self, task: str, demo: dict[str, Any]) -> None:
         line = json.dumps(demo, ensure_ascii=False, separators=(",", ":")) + "\n"
-        path = self._demo_path(task)
+        path = self.demo_path(task)
         async with self._file_lock:
             n = self._lines(task)
             await asyncio.to_thread(_append_fsync, path, line)
@@ -215,9 +216,7 @@ class MemoryStore(Store):
     async def resume_demos(self, task: str, consumer: str, applied_id: str | None) -> None:
         start = _seq(applied_id) + 1 if applied_id else 0
         self._read_pos[task] = start
-        self._read_off[task] = await asyncio.to_thread(
-            _offset_of_line, self._demo_path(task), start
-        )
+        self._read_off[task] = await asyncio.to_thread(_offset_of_line, self.demo_path(task), start)
         self._acked[task] = start
 
     async def read_demos(
@@ -233,7 +232,7 @@ class MemoryStore(Store):
         if self._lines(task) <= pos:
             return []
         off = self._read_off.get(task, 0)
-        out, off = await asyncio.to_thread(_read_lines, self._demo_path(task), off, count)
+        out, off = await asyncio.to_thread(_read_lines, self.demo_path(task), off, count)
         self._read_pos[task] = pos + len(out)
         self._read_off[task] = off
         return [(f"0-{pos + i}", d) for i, d in enumerate(out)]
@@ -246,8 +245,8 @@ class MemoryStore(Store):
         n = min(count, stop - start)
         if n <= 0:
             return []
-        off = await asyncio.to_thread(_offset_of_line, self._demo_path(task), start)
-        out, _ = await asyncio.to_thread(_read_lines, self._demo_path(task), off, n)
+        off = await asyncio.to_thread(_offset_of_line, self.demo_path(task), start)
+        out, _ = await asyncio.to_thread(_read_lines, self.demo_path(task), off, n)
         return [(f"0-{start + i}", d) for i, d in enumerate(out)]
 
     async def ack_demos(self, task: str, ids: list[str]) -> None:
