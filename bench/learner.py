@@ -311,7 +311,7 @@ def points(samples: list[Sample], checkpoints: tuple[int, ...]) -> list[dict[str
         end = next((s for s in samples if s.demos >= c), None)
         if end is None:
             continue
-        lo = min(0.8 * c, c - 500)
+        lo = max(0.0, min(0.8 * c, c - 500))
         start = max((s for s in samples if s.demos <= lo), key=lambda s: s.demos)
         rate = (end.demos - start.demos) / max(end.busy_s - start.busy_s, 1e-9)
         out.append(
