@@ -64,6 +64,7 @@ class Fed:
     samples: list[Sample]
     heads: list[dict[str, Any]]
     memories_cap_mb: float  # the heads' memories, all full
+    batch: int  # demonstrations the learner reads per step
 
 
 @dataclass
@@ -76,19 +77,21 @@ class Sample:
     memories_mb: float  # what the heads' remembered examples take now
 
 
-def memories_mb(learner: Any) -> tuple[float, float]:
-    """The refitted heads' example memories: bytes held now, and at most (all full)."""
+def refitted_heads(learner: Any) -> Iterator[tuple[str, Any, Any]]:
+    """(task, level, head) for every head refitted on its memory: the encoder's, the probe."""
     from cascade.levels.heads import LogisticHead
 
-    now = cap = 0.0
-    for tl in learner.learners.values():
+    for task, tl in learner.learners.items():
         for lv in tl.levels:
-            for head in (getattr(lv, "probe", None), getattr(lv, "head", None)):
-                if isinstance(head, LogisticHead) and head.x_mem is not None:
-                    x = head.x_mem
-                    now += x.nbytes / len(x) * head.capacity + 8 * head.capacity
-                    cap += (x.itemsize * x.shape[1] + 8) * head.memory
-    return now / 2**20, cap / 2**20
+            head = getattr(lv, "probe", None) or getattr(lv, "head", None)
+            if isinstance(head, LogisticHead):
+                yield task, lv, head
+
+
+def memories_mb(learner: Any) -> tuple[float, float]:
+    """The refitted heads' example memories: MB held now, and at most (all full)."""
+    sizes = [head.memory_nbytes() for _, _, head in refitted_heads(learner)]
+    return sum(n for n, _ in sizes) / 2**20, sum(c for _, c in sizes) / 2**20
 
 
 def rss_mb() -> float:
@@ -194,33 +197,27 @@ def check_heads(learner: Any, held: dict[str, list[Any]], at: int) -> list[dict[
     their probabilities are. Untimed."""
     import copy
 
-    from cascade.levels.heads import LogisticHead
-
     rows = []
-    for task, demos in held.items():
-        for lv in learner.learners[task].levels:
-            head = getattr(lv, "probe", None) or getattr(lv, "head", None)
-            if not isinstance(head, LogisticHead) or not head.trained:
-                continue
-            ex = lv.head_examples(demos)
-            if ex is None:
-                continue
-            x, y = ex
-            ref = copy.deepcopy(head)
-            ref.refit(converge=True)
-            live, best = head.proba(x), ref.proba(x)
-            rows.append(
-                {
-                    "demonstrations": at,
-                    "task": task,
-                    "head": lv.name,
-                    "remembered": len(head.y_mem),
-                    "accuracy": round(float((live.argmax(1) == y).mean()), 4),
-                    "accuracy_converged": round(float((best.argmax(1) == y).mean()), 4),
-                    "mean_abs_dp": round(float(np.abs(live - best).mean()), 5),
-                    "max_abs_dp": round(float(np.abs(live - best).max()), 4),
-                }
-            )
+    for task, lv, head in refitted_heads(learner):
+        ex = lv.head_examples(held[task]) if head.trained else None
+        if ex is None:
+            continue
+        x, y = ex
+        ref = copy.deepcopy(head)
+        ref.refit(converge=True)
+        live, best = head.proba(x), ref.proba(x)
+        rows.append(
+            {
+                "demonstrations": at,
+                "task": task,
+                "head": lv.name,
+                "remembered": len(head.y_mem),
+                "accuracy": round(float((live.argmax(1) == y).mean()), 4),
+                "accuracy_converged": round(float((best.argmax(1) == y).mean()), 4),
+                "mean_abs_dp": round(float(np.abs(live - best).mean()), 5),
+                "max_abs_dp": round(float(np.abs(live - best).max()), 4),
+            }
+        )
     return rows
 
 
@@ -287,7 +284,7 @@ async def feed(args: LearnerArgs, config: Any, corpus: dict[str, list[str]]) -> 
         await _drop_keys(store, prefix)
         await store.close()
         await pool.aclose()
-    return Fed(samples, heads, memories_mb(learner)[1])
+    return Fed(samples, heads, memories_mb(learner)[1], learner.batch)
 
 
 async def _drop_keys(store: Any, prefix: str) -> None:
@@ -345,7 +342,7 @@ async def learner_bench(args: LearnerArgs) -> dict[str, Any]:
             "levels": [f"{lc.name} ({lc.kind})" for lc in head.levels],
             "corpus": corpus,
             "total": args.total,
-            "batch": 64,
+            "batch": fed.batch,
             "stream_cap": args.stream_cap,
             "holdout": args.holdout,
             "cpus": os.cpu_count(),

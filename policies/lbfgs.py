@@ -34,11 +34,11 @@ def fit_logistic(
     max_iter: int = 100,
     tol: float = 1e-4,
     sample_weight: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Fit on x (n, d) and class indices y in [0, n_classes). Two classes: one row of
     weights scoring class 1 (a sigmoid); more: a row per class (a softmax). ``start``: the
-    parameters to begin from, as returned (rows, d + 1), intercept last. Returns the
-    weights (rows, d), intercepts (rows,) and the iterations run."""
+    parameters to begin from, (rows, d + 1), intercept last. Returns the weights
+    (rows, d) and intercepts (rows,)."""
     n, d = x.shape
     rows = 1 if n_classes == 2 else n_classes
     sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
@@ -86,4 +86,4 @@ def fit_logistic(
             },
         )
     params = res.x.reshape(rows, d + 1)
-    return params[:, :d], params[:, d], int(res.nit)
+    return params[:, :d], params[:, d]

@@ -55,7 +55,6 @@ class LinearHead:
         self.resume_t: float | None = None  # SGD's step count to go on from (None: restart)
         self._sgd: SGDClassifier | None = None
         self._warm: tuple[np.ndarray, np.ndarray] | None = None  # classes and the last fit
-        self.n_iter_ = 0  # L-BFGS iterations of the last fit
 
     @property
     def fitted(self) -> bool:
@@ -134,7 +133,7 @@ class LinearHead:
         start = None
         if self.warm_start and self._warm is not None and np.array_equal(self._warm[0], present):
             start = self._warm[1]
-        coef, intercept, self.n_iter_ = fit_logistic(
+        coef, intercept = fit_logistic(
             (x - mean) / scale,
             np.searchsorted(present, y),
             len(present),

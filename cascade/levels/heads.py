@@ -62,10 +62,13 @@ class LogisticHead(LinearHead):
         """The remembered examples (in no particular order once the memory is full)."""
         return None if self._x is None else self._x[: self._n]
 
-    @property
-    def capacity(self) -> int:
-        """Rows the buffer holds room for now (it doubles up to ``memory``)."""
-        return 0 if self._x is None else len(self._x)
+    def memory_nbytes(self) -> tuple[int, int]:
+        """Bytes the example buffer takes now (it doubles up to ``memory`` rows), and will
+        take at most."""
+        if self._x is None:
+            return 0, 0
+        row = self._x.itemsize * self._x.shape[1] + self._y.itemsize
+        return row * len(self._x), row * self.memory
 
     @property
     def y_mem(self) -> np.ndarray:
@@ -123,8 +126,7 @@ class LogisticHead(LinearHead):
     def add(self, x: np.ndarray, y: np.ndarray) -> bool:
         """Remember examples; refit when enough new ones arrived. Returns whether it refitted."""
         self.remember(x, y)
-        due = max(self.refit_every, self.refit_growth * self._n)
-        if self.seen < self.min_examples or self._since_fit < due:
+        if self.seen < self.min_examples or self._since_fit < self._interval:
             return False
         return self.refit()
 
@@ -137,9 +139,14 @@ class LogisticHead(LinearHead):
         return self
 
     @property
+    def _interval(self) -> float:
+        """New examples between refits: ``refit_every``, or the growth share once larger."""
+        return max(self.refit_every, self.refit_growth * self._n)
+
+    @property
     def large(self) -> bool:
         """Past the size where refits come by growth and stop after ``refit_steps``."""
-        return self.refit_growth * self._n > self.refit_every
+        return self._interval > self.refit_every
 
     def refit(self, converge: bool = False) -> bool:
         """Refit on the memory; bounded steps once it is large, unless ``converge``."""
