@@ -259,7 +259,7 @@ class Cascade:
             return hit
         look = await semantic_lookup(rt, q, ask.tenant, ask.messages) if ask.use_cache else None
         if look is not None and look.decision.serve:
-            return self._semantic_hit(rt, look, t0)
+            return await self._semantic_hit(rt, look, t0)
         await self._admit(rt)
         try:
             walk = self._walk(rt, q, keys, ask)
@@ -271,8 +271,8 @@ class Cascade:
         finally:
             self.admission.leave()
 
-    def _semantic_hit(self, rt: TaskRuntime, look: Lookup, t0: float) -> Outcome:
-        out = semantic_hit(self.store, rt, look, t0)
+    async def _semantic_hit(self, rt: TaskRuntime, look: Lookup, t0: float) -> Outcome:
+        out = await semantic_hit(self.store, rt, look, t0)
         self._observe(out)
         return out
 
@@ -303,7 +303,7 @@ class Cascade:
         if hit is None and ask.use_cache:
             look = await semantic_lookup(rt, q, ask.tenant, ask.messages)
             if look is not None and look.decision.serve:
-                hit = self._semantic_hit(rt, look, t0)
+                hit = await self._semantic_hit(rt, look, t0)
         if hit is not None:
             yield StreamEvent(
                 level=hit.level,

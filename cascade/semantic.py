@@ -105,13 +105,18 @@ async def semantic_lookup(
     return look
 
 
-def semantic_hit(store: Store, rt: TaskRuntime, look: Lookup, t0: float) -> Outcome:
-    """The neighbour's answer, served."""
+async def semantic_hit(store: Store, rt: TaskRuntime, look: Lookup, t0: float) -> Outcome:
+    """The neighbour's answer, served. The lookup goes to the gate (and the shared log) as a
+    served hit with no verdict: the gate weighs what it serves by them."""
     assert look.neighbour is not None
     entry = look.neighbour.entry
     saved = {TaskStat.SEM_HITS: 1, TaskStat.SEM_SAVED: rt.large.cost}
     answer = (entry.output, entry.label, entry.level)
-    return cache_hit(store, rt, answer, t0, "semantic", look.neighbour.similarity, saved)
+    out = cache_hit(store, rt, answer, t0, "semantic", look.neighbour.similarity, saved)
+    sem = rt.semantic
+    if sem is not None and look.features is not None and sem.gate.fixed is None:
+        await log_comparison(store, sem, look.features, None)
+    return out
 
 
 def agrees(sem: SemanticCache, kind: str, look: Lookup, served: LevelOutput) -> bool:
@@ -137,12 +142,7 @@ async def semantic_after(
     agreed = False
     if n is not None and look.features is not None and n.similarity >= sem.gate.floor:
         agreed = await anyio.to_thread.run_sync(agrees, sem, rt.config.kind, look, served)
-        row = sem.comparison(look.features, agreed)
-        row_id = await store.sem_append(
-            sem.task + COMPARISONS, row, COMPARISON_TTL_S, sem.cfg.comparisons
-        )
-        logged = row_id is not None
-        await anyio.to_thread.run_sync(sem.learn, logged, row)  # may refit the gate's model
+        await log_comparison(store, sem, look.features, agreed)
         deltas = {TaskStat.SEM_COMPARED: 1.0, TaskStat.SEM_COMPARED_AGREE: float(agreed)}
         if look.decision.verify:
             deltas[TaskStat.SEM_VERIFIED] = 1
@@ -154,6 +154,18 @@ async def semantic_after(
     fields = sem.entry_fields(look.part, look.vec, served.text, served.label, source, record)
     await keep_entry(store, sem, fields)
     return deltas
+
+
+async def log_comparison(
+    store: Store, sem: SemanticCache, features: Any, agreed: bool | None
+) -> None:
+    """Into the shared log (other gateways learn it at their next sync) and this gateway's
+    gate at once; a comparison may refit the gate's model, in a worker thread."""
+    row = sem.comparison(features, agreed)
+    row_id = await store.sem_append(
+        sem.task + COMPARISONS, row, COMPARISON_TTL_S, sem.cfg.comparisons
+    )
+    await anyio.to_thread.run_sync(sem.learn, row_id is not None, row)
 
 
 async def keep_entry(store: Store, sem: SemanticCache, fields: dict[str, str]) -> None:

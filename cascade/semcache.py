@@ -290,8 +290,9 @@ class SemanticCache:
 
     # ------------------------------------------------------------------ the gate's evidence
 
-    def comparison(self, features: np.ndarray, agreed: bool) -> dict[str, str]:
-        """One comparison this process made, as a shared-log row. Its tag is remembered
+    def comparison(self, features: np.ndarray, agreed: bool | None) -> dict[str, str]:
+        """One comparison this process made (or, with ``agreed`` None, one hit it served
+        unverified), as a shared-log row. Its tag is remembered
         before the row can reach the log, so a sync that reads it back (even before this
         process has learned it) skips it: ``learn`` counts it once, here."""
         self._seq += 1
@@ -299,7 +300,7 @@ class SemanticCache:
         self._own_cmp.add(tag)
         return {
             "f": ",".join(f"{v:.5f}" for v in features),
-            "a": "1" if agreed else "0",
+            "a": "" if agreed is None else "1" if agreed else "0",
             "t": tag,
         }
 
@@ -327,11 +328,13 @@ class SemanticCache:
             self.gate.observe_many(parsed)
 
 
-def _parse_comparison(fields: dict[str, str]) -> tuple[np.ndarray | None, bool]:
+def _parse_comparison(fields: dict[str, str]) -> tuple[np.ndarray | None, bool | None]:
+    """(features, agreed); agreed is None for a served hit nobody verified."""
     try:
         x = np.array([float(v) for v in fields["f"].split(",")])
     except (KeyError, ValueError):  # a foreign or damaged row: skip it
         return None, False
     if x.shape != (len(FEATURES),) or not np.isfinite(x).all():
         return None, False
-    return x, fields.get("a") == "1"
+    a = fields.get("a")
+    return x, None if a == "" else a == "1"

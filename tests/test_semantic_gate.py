@@ -152,3 +152,53 @@ def test_requests_and_the_log_may_learn_at_once():
         for f in done:
             f.result()
     assert len(gate.rows) == 1200 and gate.summary()["window"] == 1200
+
+
+def _serve(gate: LearnedGate, n: int, record_hits: bool, seed: int = 5) -> tuple[int, int]:
+    """Traffic through the gate as a gateway runs it: a served hit is logged with no
+    verdict (when ``record_hits``), a verification or a miss with the large LM's. Returns
+    (hits served, hits that disagreed)."""
+    rng = random.Random(seed)
+    hits = wrong = 0
+    for _ in range(n):
+        sim, sure = rng.uniform(0.5, 1.0), rng.random() < 0.7
+        p = 0.99 if sim >= 0.9 else 0.94 if sim >= 0.8 else 0.5
+        x = lookup(sim, 0.95 if sure else 0.55)
+        agreed = rng.random() < (p if sure else 0.75 * p)
+        d = gate.decide(x, rng.random())
+        if d.serve:
+            hits, wrong = hits + 1, wrong + (not agreed)
+            if record_hits:
+                gate.observe(x, None)
+        else:
+            gate.observe(x, agreed)
+    return hits, wrong
+
+
+def test_served_hits_weigh_what_is_served():
+    """Every miss is compared but only a share of hits: pooled, the comparisons weigh the band
+    just below the threshold far above the hits. Counting each unverified hit at its P(agree)
+    lets the threshold go lower at the same target, and what is served still keeps it."""
+    blind = LearnedGate(target=0.95, min_samples=50)
+    weighed = LearnedGate(target=0.95, min_samples=50)
+    hits_blind, _ = _serve(blind, 4000, record_hits=False)
+    hits, wrong = _serve(weighed, 4000, record_hits=True)
+    assert hits > 1.2 * hits_blind
+    assert wrong / hits <= 1 - 0.95 + 0.01
+    s = weighed.summary()
+    assert s["window"] > s["comparisons"]  # served hits are rows, not comparisons
+    assert s["estimated_agreement"] >= 0.95
+    # a served hit never refits by itself nor counts as an agreement
+    before = weighed.model
+    weighed.observe(lookup(0.99), None)
+    assert weighed.model is before
+
+
+def test_a_served_hit_survives_the_shared_log():
+    from cascade.semcache import _parse_comparison
+
+    gate = LearnedGate()
+    x, agreed = _parse_comparison({"f": ",".join(["0.9"] * len(FEATURES)), "a": ""})
+    assert agreed is None and x is not None
+    gate.observe_many([(x, agreed)])
+    assert gate.rows[0][1] is None and gate.summary()["comparisons"] == 0
