@@ -139,7 +139,10 @@ class LearnedGate:
         self.refit_every = refit_every
         self.c = c
         self.fixed: float | None = None
-        self.rows: deque[tuple[np.ndarray, bool | None]] = deque(maxlen=window)
+        self.rows: deque[tuple[np.ndarray, bool]] = deque(maxlen=window)  # comparisons
+        # hits served unverified: what the gate serves, weighed by the model (no verdict); a
+        # window of their own, so they never push comparisons out
+        self.hits: deque[np.ndarray] = deque(maxlen=window)
         # the fitted model, replaced whole by each refit (requests read it from other
         # threads: one attribute, so a reader never pairs one fit's weights with another's
         # threshold, or checks a threshold that is gone when it compares)
@@ -177,14 +180,16 @@ class LearnedGate:
         return GateDecision(draw >= p, draw < p, p, score)
 
     def _keep(self, x: np.ndarray, agreed: bool | None) -> bool:
-        """Add one row to the window (under the lock); False below the floor. ``agreed`` is
-        None for a served hit that was not verified: it counts in what is served, not in
-        the model's fit."""
+        """Add one row (under the lock); False below the floor. ``agreed`` is None for a hit
+        served unverified: it counts in what is served, not in the model's fit."""
         if x[0] < self.floor:
             return False
-        label = None if agreed is None else bool(agreed)
-        self.rows.append((np.asarray(x, dtype=np.float64), label))
-        self._since += agreed is not None
+        x = np.asarray(x, dtype=np.float64)
+        if agreed is None:
+            self.hits.append(x)
+            return True
+        self.rows.append((x, bool(agreed)))
+        self._since += 1
         return True
 
     def observe(self, x: np.ndarray, agreed: bool | None, refit: bool = True) -> None:
@@ -212,18 +217,18 @@ class LearnedGate:
 
     def _refit(self) -> None:
         self._since = 0
-        labelled = [r for r in self.rows if r[1] is not None]
-        if len(labelled) < self.min_samples:
+        if len(self.rows) < self.min_samples:
             self.model = _Model()
             return
-        coef, intercept = _fit(
-            _expand(np.stack([r[0] for r in labelled])), np.array([r[1] for r in labelled]), self.c
-        )
-        model = _Model(coef, intercept)
         x = np.stack([r[0] for r in self.rows])
-        known = np.array([r[1] is not None for r in self.rows])
-        agreed = np.array([bool(r[1]) for r in self.rows])
-        threshold, support, estimate = self._operating_point(model.scores(x), known, agreed)
+        y = np.array([r[1] for r in self.rows])
+        coef, intercept = _fit(_expand(x), y, self.c)
+        model = _Model(coef, intercept)
+        hits = np.stack(self.hits) if self.hits else np.empty((0, x.shape[1]))
+        scores = np.concatenate([model.scores(x), model.scores(hits)])
+        known = np.arange(len(scores)) < len(x)
+        agreed = np.concatenate([y, np.zeros(len(hits), dtype=bool)])
+        threshold, support, estimate = self._operating_point(scores, known, agreed)
         self.model = _Model(coef, intercept, threshold, support, estimate)
 
     def _operating_point(
@@ -265,8 +270,8 @@ class LearnedGate:
         """The threshold, the agreement of the comparisons at and above it (all of them while
         there is none) with a 95% interval, and the model's weights."""
         with self._lock:
-            rows = [(x, a) for x, a in self.rows if a is not None]
-            window = len(self.rows)
+            rows = list(self.rows)
+            served = len(self.hits)
         m = self.model
         if m.threshold is not None and m.coef is not None and rows:
             above = m.scores(np.stack([x for x, _ in rows])) >= m.threshold
@@ -278,7 +283,8 @@ class LearnedGate:
         out: dict[str, Any] = {
             "threshold": m.threshold,
             "comparisons": n,
-            "window": window,
+            "window": len(rows),
+            "unverified_hits": served,
             "estimated_agreement": m.estimate,
             "agreement": a / n if n else None,
             "ci95": [wilson_lower(a, n, 1.96), 1.0 - wilson_lower(n - a, n, 1.96)] if n else None,
