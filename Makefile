@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 8000
 HOST   ?= 127.0.0.1
 
-.PHONY: install serve test test-fast bench lint fmt clean
+.PHONY: install serve test test-fast bench deploy-check lint fmt clean
 
 # llama-cpp-python compiles llama.cpp here. Its default native build (-march=native) also emits
 # AMX where the CPU lists it, and some VMs list AMX but fault on it (SIGILL at the first prompt
@@ -52,6 +52,15 @@ test-fast: install
 bench: install
 	$(BIN)/cascade-gateway models fetch --data
 	$(BIN)/cascade-bench all
+
+# docker-compose run for real with podman (needs podman, runc and debootstrap from Debian):
+# LOCAL_IMAGES=1 builds stand-in base images from Debian packages first (no registry needed),
+# HOST_CERTS=1 mounts this host's CA bundle into the models fetch; WHEELS=/opt/wheels (a folder of
+# wheels, such as this disk's torch CPU wheel) reaches the image build's pip. Writes the
+# deploy-check section of docs/BENCHMARKS.md.
+deploy-check: install
+	$(BIN)/pip install -q 'podman-compose==1.6.0'
+	$(BIN)/python -m bench.deploy_check $(if $(LOCAL_IMAGES),--local-images) $(if $(HOST_CERTS),--host-certs)
 
 lint:
 	$(BIN)/ruff check .
