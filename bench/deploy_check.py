@@ -226,6 +226,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
 
         chk.step("SIGKILL a gateway and the learner", survive_kills)
+
+        def graceful_stop() -> str:
+            took = {}
+            for name in (f"{PROJECT}_gateway_2", f"{PROJECT}_learner_1"):
+                t0 = time.monotonic()
+                chk.podman("stop", "-t", "10", name)
+                took[name] = time.monotonic() - t0
+            slow = [n for n, s in took.items() if s >= 9.5]
+            assert not slow, f"SIGTERM ignored until the SIGKILL: {slow}"
+            return "; ".join(f"{n.split('_', 1)[1]} stopped in {s:.1f} s" for n, s in took.items())
+
+        chk.step("SIGTERM stops a gateway and the learner", graceful_stop)
     except StepError:
         pass
     finally:
@@ -238,7 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         chk.podman("network", "rm", "-f", f"{PROJECT}_default", check=False)
         chk.podman("volume", "prune", "-f", check=False)
     payload = {"engine": chk.podman("--version").strip(), **chk.facts, "steps": chk.steps}
-    payload["ok"] = all(s["ok"] for s in chk.steps) and len(chk.steps) >= 7
+    payload["ok"] = all(s["ok"] for s in chk.steps) and len(chk.steps) >= 8
     return payload
 
 

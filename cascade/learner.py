@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -282,8 +283,18 @@ async def run_learner_process(settings: Any, config: Config, consumer: str | Non
     await store.start()
     pool = BackendPool(config, settings.models_dir)
     learner = Learner(config, pool, store, consumer=consumer, lease_s=settings.learner_lease_s)
+    # SIGTERM (docker stop) and SIGINT end the run: its leases are released at once, so another
+    # learner takes the tasks over without waiting for them to expire. As a container's PID 1
+    # the process has no default action for SIGTERM: without this it ignored it until SIGKILL.
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if main is not None:
+            loop.add_signal_handler(sig, main.cancel)
     try:
         await learner.run()
+    except asyncio.CancelledError:
+        log.info("learner %s: stopped by a signal; its tasks are released", learner.consumer)
     finally:
         await pool.aclose()
         await store.close()

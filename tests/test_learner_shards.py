@@ -156,3 +156,32 @@ async def test_two_learners_share_four_tasks_and_survive_a_kill(
 
 async def _ok(resp: Any) -> bool:
     return (await resp).status_code == 200
+
+
+async def test_sigterm_stops_a_learner_at_once_and_hands_its_tasks_over(
+    tmp_path: Path, private_redis: RedisServer, smol_server: LocalLLMServer
+) -> None:
+    """`docker stop` sends SIGTERM: the learner exits 0 within seconds and releases its leases
+    (as a container's PID 1 it used to ignore the signal until the engine's SIGKILL)."""
+    env = fleet_env(tmp_path, smol_server.base_url, private_redis.url, PREFIX)
+    r = aioredis.Redis.from_url(private_redis.url)
+    learner = Proc("learner", ["learn", "--name", "solo"], env, tmp_path / "learner.log")
+
+    async def leased() -> bool:
+        raw = await r.get(f"{PREFIX}:lease:{TASK}")
+        return raw is not None and raw.decode().startswith("solo#")
+
+    try:
+        learner.start()
+        await until("the learner holds its task", leased, 120, [learner], 0.2)
+        assert learner.proc is not None
+        t0 = time.monotonic()
+        learner.proc.send_signal(signal.SIGTERM)
+        code = learner.proc.wait(timeout=10)
+        assert code == 0, learner.tail()
+        assert time.monotonic() - t0 < 10
+        assert await r.get(f"{PREFIX}:lease:{TASK}") is None  # handed over, not left to expire
+        assert "stopped by a signal" in learner.tail()
+    finally:
+        learner.kill()
+        await r.aclose()
