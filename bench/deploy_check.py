@@ -177,6 +177,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         chk.step("replicas ready, first answer", ready)
 
+        def health() -> str:
+            # podman runs health checks from systemd timers; without systemd, run each here
+            names = [f"{PROJECT}_{s}" for s in ("redis_1", "llm_1", "gateway_1", "gateway_2")]
+
+            def healthy(name: str) -> bool:
+                res = subprocess.run(
+                    ["podman", "healthcheck", "run", name],
+                    env=chk.env,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    timeout=60,
+                )
+                if res.returncode not in (0, 1):  # 1: unhealthy (yet); else: no check at all
+                    raise RuntimeError(f"{name}: {res.stderr.strip()}")
+                return res.returncode == 0
+
+            for name in names:
+                until(lambda n=name: healthy(n), 180)
+            return "healthy: " + ", ".join(n.split("_", 1)[1] for n in names)
+
+        chk.step("every health check passes", health)
+
         def shared_cache() -> str:
             a = ask(urls[0], "the plot drags but the actors shine")
             b = ask(urls[1], "the plot drags but the actors shine")
@@ -250,7 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         chk.podman("network", "rm", "-f", f"{PROJECT}_default", check=False)
         chk.podman("volume", "prune", "-f", check=False)
     payload = {"engine": chk.podman("--version").strip(), **chk.facts, "steps": chk.steps}
-    payload["ok"] = all(s["ok"] for s in chk.steps) and len(chk.steps) >= 8
+    payload["ok"] = all(s["ok"] for s in chk.steps) and len(chk.steps) >= 9
     return payload
 
 

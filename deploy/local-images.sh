@@ -81,7 +81,8 @@ mounts="$mounts -v $work/pip.conf:/etc/pip.conf:ro"
 
 echo "local-images: building localhost/cascade-gateway:local (llama.cpp compiles: minutes)"
 # shellcheck disable=SC2086  # $mounts is a list of flags
-podman build --network host $mounts \
+# --format docker: the OCI image format has no HEALTHCHECK, and podman's default drops it
+podman build --format docker --network host $mounts \
     --build-arg PYTHON_IMAGE=localhost/python:3.11-slim-bookworm \
     --build-arg TORCH_INDEX_URL="${TORCH_INDEX_URL:-}" \
     -t localhost/cascade-gateway:local -f "$root/Dockerfile" "$root"
