@@ -24,7 +24,6 @@ policies whose score is learned keep explored items only.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable
 
@@ -35,10 +34,15 @@ from sklearn.isotonic import IsotonicRegression
 def wilson_lower(successes: float, n: float, z: float) -> float:
     if n <= 0:
         return 0.0
-    p = successes / n
+    return float(wilson_lower_of(np.float64(successes / n), np.float64(n), z))
+
+
+def wilson_lower_of(p: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
+    """Wilson's lower bound of a proportion ``p`` over ``n`` > 0, elementwise: a threshold
+    search scores every candidate at once."""
     denom = 1 + z * z / n
     centre = p + z * z / (2 * n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return (centre - half) / denom
 
 

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from policies.operating import wilson_lower
+from policies.operating import wilson_lower, wilson_lower_of
 
 #: What ``neighbour_features`` returns, in order (the model's inputs, and the report's names).
 FEATURES = ("similarity", "record", "support", "same_label", "second", "length")
@@ -255,9 +255,7 @@ class LearnedGate:
         residual = (agree - p_known) / np.maximum(n_known, 1)
         est = np.clip((agree + p_hits + n_hits * residual) / (n_known + n_hits), 0.0, 1.0)
         n = np.maximum(n_known, 1).astype(np.float64)
-        z2 = self.z * self.z
-        half = self.z * np.sqrt(est * (1 - est) / n + z2 / (4 * n * n))
-        lower = (est + z2 / (2 * n) - half) / (1 + z2 / n)  # Wilson's, as wilson_lower
+        lower = wilson_lower_of(est, n, self.z)
         # ties share a score: a threshold sits below the last of them
         last_of_tie = np.append(s[1:] != s[:-1], True)
         ok = np.flatnonzero((n_known >= self.min_samples) & last_of_tie & (lower >= self.target))
