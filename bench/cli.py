@@ -121,6 +121,18 @@ def cmd_stream_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream_compare(args: argparse.Namespace) -> int:
+    from bench.stream_compare import write_compare_report
+
+    if len(args.before) != len(args.after):
+        raise SystemExit("--before and --after need one file per order each, in the same order")
+    pairs = list(zip(map(Path, args.before), map(Path, args.after), strict=True))
+    out = Path(args.out) if args.out else None
+    result = write_compare_report(pairs, args.name, args.what, args.tolerance, out)
+    print(json.dumps({"mean_points": result["mean_points"], **result["mean_within_tolerance"]}))
+    return 0
+
+
 ICL_TARGETS = ("0.85", "0.92")
 LEAN_TARGETS = "0.8,0.82,0.84,0.86,0.88,0.9,0.91,0.92,0.93"
 
@@ -227,6 +239,11 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.Namespace], int]]]
         None,
         cmd_stream_report,
     ),
+    "stream-compare": (
+        "one change judged on several orders of a stream (`bench stream` before and after)",
+        None,
+        cmd_stream_compare,
+    ),
     "deferral": (
         "token-level deferral rules on a generative stream",
         "bench.deferral_run:DeferralArgs",
@@ -277,6 +294,13 @@ def _add_commands(p: argparse.ArgumentParser) -> None:
     r.add_argument("--baselines", help="JSON of a run whose rows are shown beside them")
     r.add_argument("--name", required=True, help="the variant's name, e.g. icl")
     r.add_argument("--config", help="the configuration those runs used (for the record)")
+    c = parsers["stream-compare"]
+    c.add_argument("--before", nargs="+", required=True, help="JSON per order, before the change")
+    c.add_argument("--after", nargs="+", required=True, help="JSON per order, after it")
+    c.add_argument("--name", required=True, help="the comparison's name (docs section, PNG)")
+    c.add_argument("--what", default="", help="a sentence on the change, for the docs")
+    c.add_argument("--tolerance", type=float, default=0.3, help="points the mean may move")
+    c.add_argument("--out", help="write the comparison's JSON here")
     parsers["all"].add_argument(
         "--no-doc", action="store_true", help="do not rewrite docs/BENCHMARKS.md"
     )
