@@ -99,6 +99,14 @@ def cmd_semcache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_semcache_sim(args: argparse.Namespace) -> int:
+    from bench.semcache_sim import SemcacheSimArgs, semcache_sim
+
+    payload = asyncio.run(semcache_sim(from_flags(SemcacheSimArgs, args)))
+    print(json.dumps(payload["summary"]))
+    return 0
+
+
 def cmd_learner(args: argparse.Namespace) -> int:
     from bench.learner import LearnerArgs, learner_bench
     from bench.learner_report import checks
@@ -268,6 +276,11 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.Namespace], int]]]
         "the semantic cache against fixed thresholds on traffic with near-repeats",
         "bench.semcache:SemcacheArgs",
         cmd_semcache,
+    ),
+    "semcache-sim": (
+        "the semantic cache's gates on many orders of the same traffic, replayed in seconds",
+        "bench.semcache_sim:SemcacheSimArgs",
+        cmd_semcache_sim,
     ),
     "tasks": (
         "start-up time and memory of a gateway with many tasks on shared backends",

@@ -126,6 +126,7 @@ class LearnedGate:
         window: int = 5000,
         refit_every: int = 10,
         c: float = 1.0,
+        residual_prior: float = 0.0,
     ) -> None:
         if not 0.0 < target <= 1.0:
             raise ValueError(f"target must be in (0, 1], got {target}")
@@ -138,6 +139,9 @@ class LearnedGate:
         self.verify_share = verify_share
         self.refit_every = refit_every
         self.c = c
+        # > 0: a positive residual (comparisons agreeing more than the model says) is shrunk
+        # by n / (n + residual_prior) before it lifts the unverified hits' estimate
+        self.residual_prior = residual_prior
         self.fixed: float | None = None
         self.rows: deque[tuple[np.ndarray, bool]] = deque(maxlen=window)  # comparisons
         # hits served unverified: what the gate serves, weighed by the model (no verdict); a
@@ -253,6 +257,9 @@ class LearnedGate:
         n_hits = np.cumsum(~k)
         p_hits = np.cumsum(np.where(k, 0.0, s))
         residual = (agree - p_known) / np.maximum(n_known, 1)
+        if self.residual_prior > 0:
+            shrink = n_known / (n_known + self.residual_prior)
+            residual = np.where(residual > 0, residual * shrink, residual)
         est = np.clip((agree + p_hits + n_hits * residual) / (n_known + n_hits), 0.0, 1.0)
         n = np.maximum(n_known, 1).astype(np.float64)
         lower = wilson_lower_of(est, n, self.z)

@@ -202,3 +202,23 @@ def test_a_served_hit_survives_the_shared_log():
     assert agreed is None and x is not None
     gate.observe_many([(x, agreed)])
     assert not gate.rows and len(gate.hits) == 1 and gate.summary()["unverified_hits"] == 1
+
+
+def test_a_positive_residual_is_shrunk_by_the_residual_prior() -> None:
+    """Comparisons that agree more than the model says lift the unverified hits' estimate;
+    with ``residual_prior`` that lift is shrunk by n / (n + prior), a fall never is."""
+    scores = np.array([0.95, 0.9, 0.85, 0.8, 0.6, 0.5])
+    known = np.array([True, True, True, True, False, False])
+    agreed = np.array([True, True, True, True, False, False])  # every comparison agreed
+    plain = LearnedGate(target=0.5, min_samples=1, z=0.0)
+    shrunk = LearnedGate(target=0.5, min_samples=1, z=0.0, residual_prior=4.0)
+    _, _, est_plain = plain._operating_point(scores, known, agreed)
+    _, _, est_shrunk = shrunk._operating_point(scores, known, agreed)
+    residual = 1.0 - np.mean([0.95, 0.9, 0.85, 0.8])  # 0.125 over 4 comparisons
+    assert est_plain == pytest.approx((4 + 0.6 + 0.5 + 2 * residual) / 6)
+    assert est_shrunk == pytest.approx((4 + 0.6 + 0.5 + 2 * residual * 4 / 8) / 6)
+    # a negative residual (the comparisons disagree) is used whole by both
+    disagreed = np.array([False, False, True, True, False, False])
+    assert plain._operating_point(scores, known, disagreed) == shrunk._operating_point(
+        scores, known, disagreed
+    )
