@@ -22,7 +22,7 @@ import numpy as np
 from bench.streams import rotten_tomatoes
 from cascade.backends.encoder import EncoderBackend
 from cascade.backends.llama import LlamaBackend
-from cascade.backends.openai_http import parse_chat_response
+from cascade.backends.openai_wire import parse_chat_response
 from cascade.levels.neighbours import few_shot_messages
 from cascade.prompts import LabelMatcher, render_messages
 

@@ -43,7 +43,7 @@ from threadpoolctl import threadpool_limits
 from bench.harness import ANNOTATIONS, CACHE, ROOT
 from bench.memo import _unb64, memo_key
 from bench.streams import Stream, builtin, reorder
-from cascade.backends.openai_http import parse_chat_response
+from cascade.backends.openai_wire import parse_chat_response
 from cascade.config import LevelConfig, TaskConfig, load_config
 from cascade.level_settings import LocalLMSettings
 from cascade.levels.heads import LogisticHead
