@@ -8,8 +8,8 @@ stream, with the large LM's recorded answers, through the gateway's own ``Learne
 exact hits; a lookup reads the 8 nearest entries by cosine over MiniLM embeddings (brute
 force, the same neighbours as the index); a served hit is logged unverified; a miss or a
 verification is compared and its answer becomes an entry unless it repeats its neighbour
-(``cascade.semantic.SAME``). Order 0 is ``bench semcache``'s own order, so its figures can be
-checked against that bench's.
+(``cascade.semantic.SAME``), replacing an entry at the same words (``SAME_VECTOR``). Order 0
+is ``bench semcache``'s own order, so its figures can be checked against that bench's.
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ async def traffic(args: SemcacheSimArgs) -> Traffic:
 def replay(t: Traffic, order: int, gate: Any, draw_seed: int = 0) -> dict[str, Any]:
     """One order through one gate: hits (exact and semantic) and their error rate."""
     from cascade.semantic import SAME
+    from cascade.semcache import SAME_VECTOR
     from policies.semantic import NEIGHBOURS, neighbour_features
 
     idx = list(range(len(t.texts)))
@@ -137,10 +138,14 @@ def replay(t: Traffic, order: int, gate: Any, draw_seed: int = 0) -> dict[str, A
             if sims[top[0]] >= SAME and agreed:
                 exact[text] = truth
                 continue
+        exact[text] = truth
+        if n and sims[top[0]] >= SAME_VECTOR:  # the newer answer replaces the older entry
+            j = int(top[0])
+            entries[j], e_labels[j], e_records[j] = t.vectors[i], truth, t.records[i]
+            continue
         entries[n] = t.vectors[i]
         e_labels.append(truth)
         e_records.append(t.records[i])
-        exact[text] = truth
     return {
         "hits": hits,
         "semantic_hits": semantic,

@@ -154,6 +154,7 @@ class SemanticCache:
                 z=cfg.z,
                 min_samples=cfg.min_samples,
                 verify_share=cfg.verify_share,
+                residual_prior=cfg.residual_prior,
                 window=cfg.comparisons,
             )
         )

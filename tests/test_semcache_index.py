@@ -91,3 +91,17 @@ def test_a_comparison_counts_once_however_the_log_hands_it_back(shared_backends:
     lost = sem.comparison(x, True)  # the log was unreachable: learned here, tag dropped
     sem.learn(False, lost)
     assert len(sem.gate.rows) == 3 and not sem._own_cmp
+
+
+def test_the_residual_prior_reaches_the_gate_and_a_negative_one_is_refused() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from policies.semantic import LearnedGate
+
+    config = SemanticCacheConfig(encoder="minilm", residual_prior=100)
+    sem = SemanticCache("t", config, encoder=None, ttl_s=3600)  # type: ignore[arg-type]
+    assert isinstance(sem.gate, LearnedGate) and sem.gate.residual_prior == 100
+    assert SemanticCacheConfig(encoder="minilm").residual_prior == 0  # off by default
+    with pytest.raises(ValidationError, match="residual_prior"):
+        SemanticCacheConfig(encoder="minilm", residual_prior=-1)
