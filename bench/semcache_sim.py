@@ -6,7 +6,7 @@ which near-repeat comes first, and three orders hid what ten show. This replays 
 stream, with the large LM's recorded answers, through the gateway's own ``LearnedGate`` (and
 ``FixedGate``) with what the cache does around it, in seconds per order: exact repeats are
 exact hits; a lookup reads the 8 nearest entries by cosine over MiniLM embeddings (brute
-force, the same neighbours as the index); a served hit is logged unverified; a miss or a
+force, where the index's HNSW search is approximate); a served hit is logged unverified; a miss or a
 verification is compared and its answer becomes an entry unless it repeats its neighbour
 (``cascade.semantic.SAME``), replacing an entry at the same words (``SAME_VECTOR``). Order 0
 is ``bench semcache``'s own order, so its figures can be checked against that bench's.
@@ -59,13 +59,11 @@ async def traffic(args: SemcacheSimArgs) -> Traffic:
 
     from app.settings import Settings
     from bench.harness import ANNOTATIONS, load_bench_config
-    from bench.semcache import ENCODER, _large_only, _pool, with_fast_encoder
+    from bench.semcache import ENCODER, System, _large_only, _pool, run_system, with_fast_encoder
     from bench.stream import _large_model, _missing_answers
     from bench.streams import tweet_traffic
     from cascade.config import load_config
     from cascade.replay import ReplayFile
-    from cascade.runner import Ask, Cascade
-    from cascade.store.memory import MemoryStore
 
     settings = Settings()
     stream = tweet_traffic(settings.models_dir, args.seed, None)
@@ -78,18 +76,12 @@ async def traffic(args: SemcacheSimArgs) -> Traffic:
         raise SystemExit(f"{missing} large-LM answers are not recorded: run `bench semcache`")
     os.environ.setdefault("LLM_BASE_URL", "http://127.0.0.1:9/v1")  # all recorded: never called
     config = with_fast_encoder(load_bench_config(path))  # the pool builds both encoders
-    large_only = _large_only(stream, config, "sentiment")
     pool, encoders = _pool(config, settings.models_dir, replay)
-    import tempfile
-
-    store = MemoryStore(Path(tempfile.mkdtemp(prefix="cg-semsim-")))
-    cascade = Cascade(config.model_copy(update={"tasks": {"bench": large_only}}), pool, store)
-    labels, records = [], []
-    for item in stream.items:
-        out = await cascade.run("bench", item.text, Ask(use_cache=False))
-        labels.append(out.label)
-        records.append(out.levels[-1].confidence if out.levels else None)
-    await store.close()
+    no_cache = System("no_cache", None, use_cache=False)
+    large_only = _large_only(stream, config, "sentiment")
+    outs, _, _ = await run_system(no_cache, config, large_only, pool, stream, "large LM answers")
+    labels = [o.label for o in outs]
+    records = [o.levels[-1].confidence if o.levels else None for o in outs]
     texts = [it.text for it in stream.items]
     vectors = np.asarray(encoders[ENCODER].embed(texts), dtype=np.float32)
     return Traffic(texts, labels, records, vectors)
@@ -174,7 +166,7 @@ def label(row: dict[str, Any]) -> str:
     return f"verified {row['target_agreement']} (residual_prior {row['residual_prior']:g})"
 
 
-def summarise(runs: list[dict[str, Any]], orders: int) -> list[dict[str, Any]]:
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per system over the orders: hits (min, mean, max), the worst error, the orders whose
     error passes 1 - target + 0.01, and the orders on which it dominates each fixed gate
     (more hits at no higher error, or a lower error at no fewer hits)."""
@@ -224,7 +216,7 @@ async def semcache_sim(args: SemcacheSimArgs) -> dict[str, Any]:
         "seed": args.seed,
         "orders": args.orders,
         "runs": runs,
-        "summary": summarise(runs, args.orders),
+        "summary": summarise(runs),
     }
     if args.out is not None:
         from bench.stream import write_json

@@ -111,8 +111,9 @@ def write_compare_report(
     within = {k: v is not None and abs(v) <= tolerance for k, v in result["mean_points"].items()}
     result["mean_within_tolerance"] = within
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        from bench.stream import write_json
+
+        write_json(out, result)
     png = plot(result, name)
     shares = [f"{s:.2f}" for s in result["shares"]]
     header = ["order", *(f"{100 * float(s):.0f}%" for s in shares)]

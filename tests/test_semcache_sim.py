@@ -45,7 +45,7 @@ def test_the_summary_counts_bound_breaches_and_dominance() -> None:
                 "error_rate": err,
             }
         )
-    fixed, learned = summarise(runs, 2)
+    fixed, learned = summarise(runs)
     assert fixed["hits_min"] == fixed["hits_max"] == 100 and "orders_over_bound" not in fixed
     assert learned["orders_over_bound"] == [1]  # 7% passes 1 - 0.95 + 0.01
     assert learned["dominates_fixed_0.8"] == 1  # order 0 only: order 1 has fewer hits

@@ -28,11 +28,11 @@ from cascade.backends.base import (
     entropy_of_logprobs,
 )
 from cascade.backends.openai_wire import (
-    _check_complete,
-    _raise_for,
-    _stream_choice,
-    _top_map,
+    check_complete,
     parse_chat_response,
+    raise_for,
+    stream_choice,
+    top_map,
 )
 from cascade.prompts import LabelMatcher, Message
 
@@ -188,7 +188,7 @@ class OpenAIBackend:
                     if not isinstance(data, dict):
                         raise BackendError(f"{self.model}: answer is not a JSON object")
                     return data  # type: ignore[no-any-return]
-                _raise_for(self.model, resp.status_code, resp.text)
+                raise_for(self.model, resp.status_code, resp.text)
                 err = f"HTTP {resp.status_code}: {resp.text[:200]}"
                 if resp.status_code not in _RETRY_STATUS:
                     raise BackendError(f"{self.model} at {self.base_url}: {err}")
@@ -264,7 +264,7 @@ class OpenAIBackend:
         data = await self._post(payload, deadline)
         result = parse_chat_response(data, self.model, matcher)
         if matcher is None:
-            _check_complete(self.model, result.text, result.finish_reason)
+            check_complete(self.model, result.text, result.finish_reason)
         if "logprobs" in payload:
             self._note_logprobs(result.has_logprobs)
         result.latency_ms = (time.perf_counter() - t0) * 1000
@@ -300,7 +300,7 @@ class OpenAIBackend:
             ) as resp:
                 if resp.status_code != 200:
                     body = (await resp.aread()).decode("utf-8", "replace")
-                    _raise_for(self.model, resp.status_code, body)
+                    raise_for(self.model, resp.status_code, body)
                     raise BackendError(f"{self.model}: HTTP {resp.status_code}: {body[:200]}")
                 async for line in resp.aiter_lines():
                     if not line.startswith("data:"):
@@ -309,12 +309,12 @@ class OpenAIBackend:
                     said = True
                     if chunk == "[DONE]":
                         break
-                    choice = _stream_choice(self.model, chunk)
+                    choice = stream_choice(self.model, chunk)
                     delta = (choice.get("delta") or {}).get("content") or ""
                     for item in ((choice.get("logprobs") or {}).get("content")) or []:
                         lps.append(float(item["logprob"]))
                         toks.append(str(item.get("token", "")))
-                        tops.append(_top_map(item))
+                        tops.append(top_map(item))
                     finish = choice.get("finish_reason") or finish
                     if delta:
                         parts.append(delta)
@@ -322,7 +322,7 @@ class OpenAIBackend:
             if not said:
                 raise SilentStreamError(f"{self.model}: the stream closed without an answer")
             text = "".join(parts)
-            _check_complete(self.model, text, finish)
+            check_complete(self.model, text, finish)
         yield (
             "",
             LMResult(

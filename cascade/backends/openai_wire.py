@@ -20,7 +20,7 @@ from cascade.backends.base import (
 from cascade.prompts import LabelMatcher
 
 
-def _context_error(status: int, text: str) -> bool:
+def context_error(status: int, text: str) -> bool:
     """Does an error answer say the prompt is past the model's context? OpenAI says so with
     the code ``context_length_exceeded``, llama.cpp's and vLLM's servers in their message."""
     if status not in (400, 413, 422):
@@ -31,7 +31,7 @@ def _context_error(status: int, text: str) -> bool:
     )
 
 
-def _error_message(text: str) -> str:
+def error_message(text: str) -> str:
     """The upstream's own error message where its body has one, else the body's start."""
     try:
         err = json.loads(text).get("error")
@@ -43,12 +43,12 @@ def _error_message(text: str) -> str:
     return text[:200]
 
 
-def _raise_for(model: str, status: int, text: str) -> None:
-    if _context_error(status, text):
-        raise ContextLengthError(f"{model}: {_error_message(text)}")
+def raise_for(model: str, status: int, text: str) -> None:
+    if context_error(status, text):
+        raise ContextLengthError(f"{model}: {error_message(text)}")
 
 
-def _stream_choice(model: str, chunk: str) -> dict[str, Any]:
+def stream_choice(model: str, chunk: str) -> dict[str, Any]:
     """The first choice of one streamed chunk; a chunk that is not one is a failure."""
     try:
         obj = json.loads(chunk)
@@ -64,7 +64,7 @@ def _stream_choice(model: str, chunk: str) -> dict[str, Any]:
     return choice
 
 
-def _check_complete(model: str, text: str, finish: str | None) -> None:
+def check_complete(model: str, text: str, finish: str | None) -> None:
     """A generated answer is complete when the endpoint said why it stopped and said
     something: an answer cut off (no finish reason) or empty is a failure, not an answer."""
     if finish is None:
@@ -73,7 +73,7 @@ def _check_complete(model: str, text: str, finish: str | None) -> None:
         raise BackendError(f"{model}: empty answer (finish_reason {finish!r})")
 
 
-def _top_map(item: dict[str, Any]) -> dict[str, float]:
+def top_map(item: dict[str, Any]) -> dict[str, float]:
     tops = item.get("top_logprobs") or []
     return {t["token"]: float(t["logprob"]) for t in tops if "token" in t and "logprob" in t}
 
@@ -88,7 +88,7 @@ def parse_chat_response(data: dict[str, Any], model: str, matcher: LabelMatcher 
     content = (choice.get("logprobs") or {}).get("content") or []
     lps = [float(c["logprob"]) for c in content if "logprob" in c]
     toks = [str(c.get("token", "")) for c in content if "logprob" in c]
-    tops = [_top_map(c) for c in content]
+    tops = [top_map(c) for c in content]
     entropies = [entropy_of_logprobs(np.fromiter(t.values(), float)) for t in tops if t]
     result = LMResult(
         text=text,
