@@ -27,7 +27,9 @@ the estimate's variance: the comparisons' residual is extrapolated to every hit)
 disaster tweets at target 0.95 that served 1,542 hits where the pooled comparisons served
 1,327, at an error rate of 3.3% (``bench semcache``, the first order). The model is fit on the
 comparisons kept (a sliding window of lookups), re-scored at each refit, so the threshold
-moves with it.
+moves with it. Each comparison is scored as if left out of that fit (``_loo_scores``): scored
+in-sample, the comparisons above a threshold looked better than the hits served there, and on
+two of ten orders the error rate passed its bound.
 
 Why a model and not a cosine threshold per band of confidence (the first version): on the
 disaster-tweet traffic the bands gave 61 semantic hits at target 0.95; a logistic model over
@@ -126,7 +128,7 @@ class LearnedGate:
         window: int = 5000,
         refit_every: int = 10,
         c: float = 1.0,
-        residual_prior: float = 0.0,
+        residual_prior: float = 100.0,
     ) -> None:
         if not 0.0 < target <= 1.0:
             raise ValueError(f"target must be in (0, 1], got {target}")
@@ -226,10 +228,13 @@ class LearnedGate:
             return
         x = np.stack([r[0] for r in self.rows])
         y = np.array([r[1] for r in self.rows])
-        coef, intercept = _fit(_expand(x), y, self.c)
+        ex = _expand(x)
+        coef, intercept = _fit(ex, y, self.c)
         model = _Model(coef, intercept)
         hits = np.stack(self.hits) if self.hits else np.empty((0, x.shape[1]))
-        scores = np.concatenate([model.scores(x), model.scores(hits)])
+        # each comparison scored as if left out of the fit: scored by the model fit on it, the
+        # comparisons above a threshold agree more than the hits served at the same scores
+        scores = np.concatenate([_loo_scores(ex, y, coef, intercept, self.c), model.scores(hits)])
         known = np.arange(len(scores)) < len(x)
         agreed = np.concatenate([y, np.zeros(len(hits), dtype=bool)])
         threshold, support, estimate = self._operating_point(scores, known, agreed)
@@ -335,6 +340,31 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, float]:
 
     m = LogisticRegression(C=c, max_iter=500).fit(x, y)
     return m.coef_[0].astype(np.float64), float(m.intercept_[0])
+
+
+def _loo_scores(
+    x: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: float, c: float
+) -> np.ndarray:
+    """Each row's P(agree) from the fit without it: one Newton step back from the full fit
+    (exact to about 1e-4 against refitting, for one matrix inverse instead of a fit per row).
+
+    The fit has seen each comparison's verdict and leans its score toward it, most at the
+    scores where a threshold is chosen; unverified hits get no such help, so in-sample scores
+    made the comparisons above a threshold look better than what it serves (order 6 of
+    ``bench semcache-sim``: 93.8% against 90.7%, and 6.8% errors at target 0.95)."""
+    ones = np.ones(len(x))
+    xs = np.column_stack([x, ones])
+    eta = np.clip(xs @ np.append(coef, intercept), -50.0, 50.0)
+    p = 1.0 / (1.0 + np.exp(-eta))
+    if not coef.any():  # one class only: the intercept alone, nothing fitted to a row
+        return p
+    w = p * (1.0 - p)
+    penalty = np.eye(xs.shape[1]) / c  # sklearn's L2 on the weights, none on the intercept
+    penalty[-1, -1] = 0.0
+    inverse = np.linalg.pinv(xs.T @ (xs * w[:, None]) + penalty)
+    q = np.einsum("ij,jk,ik->i", xs, inverse, xs)
+    eta_out = eta - q * (y - p) / np.maximum(1.0 - w * q, 1e-6)
+    return 1.0 / (1.0 + np.exp(-np.clip(eta_out, -50.0, 50.0)))
 
 
 class FixedGate:
