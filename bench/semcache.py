@@ -45,7 +45,9 @@ class SemcacheArgs:
     thresholds: tuple[float, ...] = arg(
         (0.8, 0.9, 0.95, 0.98), "fixed cosine thresholds (peers ship 0.8-0.95)"
     )
-    targets: tuple[float, ...] = arg((0.9, 0.95, 0.99), "target agreements of the verified cache")
+    targets: tuple[float, ...] = arg(
+        (0.9, 0.95, 0.97, 0.99), "target agreements of the verified cache"
+    )
     fast_targets: tuple[float, ...] = arg(
         (0.95,), "target agreements of the verified cache on the int8 encoder"
     )

@@ -24,6 +24,7 @@ import numpy as np
 
 from bench.flags import arg
 from bench.report import machine, md_table, new_figure, save_figure, stamp, write_section
+from bench.semcache_checks import dominates
 
 
 @dataclass
@@ -32,11 +33,14 @@ class SemcacheSimArgs:
 
     orders: int = arg(10, "orders of the stream: 0 (bench semcache's) to N-1")
     seed: int = arg(42)
-    targets: tuple[float, ...] = arg((0.95, 0.99), "target agreements of the learned gate")
-    thresholds: tuple[float, ...] = arg((0.8, 0.98), "fixed cosine thresholds")
-    residual_priors: tuple[float, ...] = arg(
-        (0.0, 100.0), "the learned gate's residual_prior, each a variant (0: the default)"
+    targets: tuple[float, ...] = arg(
+        (0.9, 0.95, 0.97, 0.99), "target agreements of the learned gate"
     )
+    thresholds: tuple[float, ...] = arg((0.8, 0.9, 0.95, 0.98), "fixed cosine thresholds")
+    residual_priors: tuple[float, ...] = arg(
+        (100.0, 0.0), "the learned gate's residual_prior, each a variant (100: the default)"
+    )
+    workers: int = arg(2, "orders replayed at once, one process each")
     config: Path | None = arg(None, "configuration file (default: deploy/config.yaml)")
     out: Path | None = arg(Path("bench/results/semcache-sim.json"), "write the JSON here")
     write_doc: bool = arg(True, "do not rewrite docs/BENCHMARKS.md", flag="no-doc")
@@ -189,27 +193,70 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             bound = 1 - mine[0]["target_agreement"] + 0.01
             row["orders_over_bound"] = [r["order"] for r in mine if r["error_rate"] > bound]
             for th, by_order in fixed.items():
-                row[f"dominates_fixed_{th}"] = sum(
-                    _dominates(r, by_order[r["order"]]) for r in mine
-                )
+                row[f"dominates_fixed_{th}"] = sum(dominates(r, by_order[r["order"]]) for r in mine)
         out.append(row)
     return out
 
 
-def _dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    more = a["hits"] > b["hits"] and a["error_rate"] <= b["error_rate"]
-    return more or (a["error_rate"] < b["error_rate"] and a["hits"] >= b["hits"])
+def frontier(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per residual_prior and fixed threshold: the orders on which some target of the learned
+    gate, within its own error bound, dominates the fixed gate (an operator picks the target;
+    a peer's threshold is beaten when one target beats it)."""
+    out = []
+    for m in dict.fromkeys(r["residual_prior"] for r in runs if r["system"] == "verified"):
+        for th in dict.fromkeys(r["threshold"] for r in runs if r["system"] == "fixed"):
+            beaten, by = [], []
+            for k in sorted({r["order"] for r in runs}):
+                f = next(r for r in runs if r["order"] == k and r.get("threshold") == th)
+                wins = [
+                    r["target_agreement"]
+                    for r in runs
+                    if r["order"] == k
+                    and r.get("residual_prior") == m
+                    and r["error_rate"] <= 1 - r["target_agreement"] + 0.01
+                    and dominates(r, f)
+                ]
+                if wins:
+                    beaten.append(k)
+                    by.append(wins)
+            out.append({"residual_prior": m, "threshold": th, "orders_beaten": beaten, "by": by})
+    return out
+
+
+_TRAFFIC: Traffic | None = None  # a worker's copy, sent once
+
+
+def _init(t: Traffic) -> None:
+    from threadpoolctl import threadpool_limits
+
+    global _TRAFFIC
+    _TRAFFIC = t
+    threadpool_limits(1)  # one core per worker: BLAS threads would fight the other workers
+
+
+def _order(job: tuple[SemcacheSimArgs, int]) -> list[dict[str, Any]]:
+    """Every system on one order (in a worker)."""
+    args, order = job
+    assert _TRAFFIC is not None
+    return [
+        {"order": order, **row, **replay(_TRAFFIC, order, make())} for row, make in systems(args)
+    ]
 
 
 async def semcache_sim(args: SemcacheSimArgs) -> dict[str, Any]:
+    from concurrent.futures import ProcessPoolExecutor
+
     t0 = time.perf_counter()
     t = await traffic(args)
     print(f"semcache-sim: {len(t.texts)} requests ready in {time.perf_counter() - t0:.0f} s")
-    runs = []
-    for order in range(args.orders):
-        for row, make in systems(args):
-            runs.append({"order": order, **row, **replay(t, order, make())})
-            print(runs[-1], flush=True)
+    runs: list[dict[str, Any]] = []
+    jobs = [(args, k) for k in range(args.orders)]
+    with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(t,)) as ex:
+        for done, rows in enumerate(ex.map(_order, jobs), 1):
+            runs.extend(rows)
+            for r in rows:
+                print(r, flush=True)
+            print(f"[semcache-sim] {done}/{len(jobs)} orders", flush=True)
     payload = {
         "stream": "disaster-tweets (duplicates kept)",
         "items": len(t.texts),
@@ -217,6 +264,7 @@ async def semcache_sim(args: SemcacheSimArgs) -> dict[str, Any]:
         "orders": args.orders,
         "runs": runs,
         "summary": summarise(runs),
+        "frontier": frontier(runs),
     }
     if args.out is not None:
         from bench.stream import write_json
@@ -267,6 +315,18 @@ def write_report(payload: dict[str, Any]) -> None:
         ]
         for s in payload["summary"]
     ]
+    front = [
+        [
+            f"{f['residual_prior']:g}",
+            f"fixed {f['threshold']}",
+            f"{len(f['orders_beaten'])} of {payload['orders']}",
+            "; ".join(
+                f"{k}: {'/'.join(map(str, b))}"
+                for k, b in zip(f["orders_beaten"], f["by"], strict=True)
+            ),
+        ]
+        for f in payload.get("frontier", [])
+    ]
     head = ["system", "hits min", "mean", "max", "worst error", "orders over the bound"]
     head += [f"orders beating {c.removeprefix('dominates_').replace('_', ' ')}" for c in fixed]
     title = f"Semantic cache gates on {payload['orders']} orders"
@@ -276,13 +336,19 @@ def write_report(payload: dict[str, Any]) -> None:
 large LM's recorded answers, replayed through the gateway's own gates (policies/semantic.py)
 and what the cache does around them, brute-force neighbours, in seconds per order (order 0 is
 `bench semcache`'s). Hits count exact repeats too; an error is a hit whose answer differs from
-the large LM's for that request. The bound is 1 - target + 0.01. `residual_prior` 0 is the
-default gate; 100 shrinks a positive residual by n / (n + 100). JSON:
-`bench/results/semcache-sim.json`.
+the large LM's for that request. The bound is 1 - target + 0.01. The gate scores each
+comparison left out of its fit; `residual_prior` 100 (the default) shrinks a positive residual
+by n / (n + 100), 0 turns that off. JSON: `bench/results/semcache-sim.json`.
 
 ![hits against error, every order]({png})
 
 {md_table(head, summary_rows)}
+
+Each fixed threshold against the learned gate at any of its targets (an operator picks one):
+the orders on which a target within its own bound serves more hits at no higher error, or a
+lower error at no fewer hits, and which targets do.
+
+{md_table(["residual_prior", "fixed gate", "beaten on", "order: by targets"], front)}
 
 Hits (error rate) per order:
 

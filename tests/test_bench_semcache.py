@@ -93,6 +93,12 @@ async def test_systems_rank_as_their_thresholds_say(
         (2, "verified"),
     ]
     assert all(r["hits"] >= 1 for r in orders)  # the repeated text is an exact hit in any order
+    later = target_checks(list(rows.values()), orders)
+    assert set(later["error_within_bound_order_2"]) == {
+        "verified 0.95",
+        "verified 0.95 minilm-int8",
+    }
+    assert set(later["dominated_by_order_1"]) == {"fixed 0.8"}
     table = _orders_table({"orders": orders})
     assert "| fixed cosine 0.8 |" in table and "order 2" in table and "mean" in table
 

@@ -99,9 +99,9 @@ def test_the_residual_prior_reaches_the_gate_and_a_negative_one_is_refused() -> 
 
     from policies.semantic import LearnedGate
 
-    config = SemanticCacheConfig(encoder="minilm", residual_prior=100)
+    config = SemanticCacheConfig(encoder="minilm", residual_prior=0)
     sem = SemanticCache("t", config, encoder=None, ttl_s=3600)  # type: ignore[arg-type]
-    assert isinstance(sem.gate, LearnedGate) and sem.gate.residual_prior == 100
-    assert SemanticCacheConfig(encoder="minilm").residual_prior == 0  # off by default
+    assert isinstance(sem.gate, LearnedGate) and sem.gate.residual_prior == 0
+    assert SemanticCacheConfig(encoder="minilm").residual_prior == 100  # the default
     with pytest.raises(ValidationError, match="residual_prior"):
         SemanticCacheConfig(encoder="minilm", residual_prior=-1)

@@ -50,3 +50,28 @@ def test_the_summary_counts_bound_breaches_and_dominance() -> None:
     assert learned["orders_over_bound"] == [1]  # 7% passes 1 - 0.95 + 0.01
     assert learned["dominates_fixed_0.8"] == 1  # order 0 only: order 1 has fewer hits
     assert learned["hits_mean"] == 120 and learned["error_max"] == 0.07
+
+
+def test_the_frontier_counts_a_target_only_within_its_bound() -> None:
+    from bench.semcache_sim import frontier
+
+    def row(order: int, target: float, hits: int, err: float) -> dict:
+        return {
+            "order": order,
+            "system": "verified",
+            "target_agreement": target,
+            "residual_prior": 0.0,
+            "hits": hits,
+            "error_rate": err,
+        }
+
+    runs = [
+        {"order": k, "system": "fixed", "threshold": 0.8, "hits": 100, "error_rate": 0.09}
+        for k in range(3)
+    ]
+    runs += [row(0, 0.95, 150, 0.03), row(0, 0.9, 90, 0.05)]  # 0.95 beats it
+    runs += [row(1, 0.95, 150, 0.07), row(1, 0.9, 200, 0.08)]  # 0.95 over its bound: 0.9 does
+    runs += [row(2, 0.95, 150, 0.07), row(2, 0.9, 90, 0.05)]  # neither, within its bound
+    (only,) = frontier(runs)
+    assert only["threshold"] == 0.8 and only["orders_beaten"] == [0, 1]
+    assert only["by"] == [[0.95], [0.9]]
