@@ -1,8 +1,12 @@
-"""Asyncio helpers shared by the background loops."""
+"""Asyncio helpers shared by the background loops and the levels."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def stop_if_cancelled() -> None:
@@ -38,3 +42,35 @@ class Admission:
 
     def leave(self) -> None:
         self._sem.release()
+
+
+_END = object()
+
+
+async def in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    """Run a blocking generator in a worker thread and iterate it from the event loop."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+
+    def work() -> None:
+        try:
+            for item in make():
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+        except BaseException as e:
+            loop.call_soon_threadsafe(queue.put_nowait, _Raised(e))
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+    loop.run_in_executor(None, work)  # finishes on its own (callers can signal it to stop)
+    while True:
+        item = await queue.get()
+        if item is _END:
+            break
+        if isinstance(item, _Raised):
+            raise item.error
+        yield item  # type: ignore[misc]
+
+
+class _Raised:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error

@@ -9,16 +9,15 @@ travel on to the policies.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 import anyio
 import numpy as np
 
+from cascade.aio import in_thread
 from cascade.backends.base import BackendError, LMResult, SilentStreamError
 from cascade.backends.encoder import EncoderBackend
 from cascade.backends.llama import LlamaBackend
@@ -31,9 +30,6 @@ from cascade.levels.heads import LogisticHead
 from cascade.levels.neighbours import DemoIndex, few_shot_messages
 from cascade.prompts import Message
 from policies.abort import EarlyAbort
-
-T = TypeVar("T")
-
 
 #: the first token's probability mass on the label words above which a classify answer counts
 #: even when its likeliest token is no label (SmolLM2 on an AVX2-only llama.cpp build starts
@@ -261,7 +257,7 @@ class LocalLMLevel(_LMLevel):
         emb = await self.prompt_embedding(q)
         check = _abort_check(q, emb)
         try:
-            async for delta, r in _in_thread(
+            async for delta, r in in_thread(
                 lambda: backend.iter_generate(
                     q.messages, q.max_tokens, q.temperature, stop=stop, hidden=True, abort=check
                 )
@@ -370,35 +366,3 @@ def _abort_check(q: Query, embedding: np.ndarray | None) -> PrefixAbort | None:
     """The walk puts the policy's abort head in ``q.shared["abort"]`` when it may stop."""
     abort = q.shared.get("abort")
     return None if abort is None else PrefixAbort(abort, embedding)
-
-
-_END = object()
-
-
-async def _in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
-    """Run a blocking generator in a worker thread and iterate it from the event loop."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[object] = asyncio.Queue()
-
-    def work() -> None:
-        try:
-            for item in make():
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-        except BaseException as e:
-            loop.call_soon_threadsafe(queue.put_nowait, _Raised(e))
-        finally:
-            loop.call_soon_threadsafe(queue.put_nowait, _END)
-
-    loop.run_in_executor(None, work)  # finishes on its own (callers can signal it to stop)
-    while True:
-        item = await queue.get()
-        if item is _END:
-            break
-        if isinstance(item, _Raised):
-            raise item.error
-        yield item  # type: ignore[misc]
-
-
-class _Raised:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
