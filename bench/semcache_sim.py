@@ -24,7 +24,7 @@ import numpy as np
 
 from bench.flags import arg
 from bench.report import machine, md_table, new_figure, save_figure, stamp, write_section
-from bench.semcache_checks import dominates
+from bench.semcache_checks import dominates, error_bound, within_bound
 
 
 @dataclass
@@ -190,8 +190,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "error_max": max(r["error_rate"] for r in mine),
         }
         if mine[0]["system"] == "verified":
-            bound = 1 - mine[0]["target_agreement"] + 0.01
-            row["orders_over_bound"] = [r["order"] for r in mine if r["error_rate"] > bound]
+            row["orders_over_bound"] = [r["order"] for r in mine if not within_bound(r)]
             for th, by_order in fixed.items():
                 row[f"dominates_fixed_{th}"] = sum(dominates(r, by_order[r["order"]]) for r in mine)
         out.append(row)
@@ -213,7 +212,7 @@ def frontier(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     for r in runs
                     if r["order"] == k
                     and r.get("residual_prior") == m
-                    and r["error_rate"] <= 1 - r["target_agreement"] + 0.01
+                    and within_bound(r)
                     and dominates(r, f)
                 ]
                 if wins:
@@ -285,7 +284,7 @@ def plot(payload: dict[str, Any]) -> str:
             [r["hits"] for r in rs], [100 * r["error_rate"] for r in rs], marker=marker, label=key
         )
     for tg in {r["target_agreement"] for r in payload["runs"] if r["system"] == "verified"}:
-        ax.axhline(100 * (1 - tg + 0.01), ls=":", color="grey", lw=0.8)
+        ax.axhline(100 * error_bound(tg), ls=":", color="grey", lw=0.8)
     ax.set_xlabel(f"hits (of {payload['items']} requests)")
     ax.set_ylabel("error rate of hits (%)")
     ax.set_title(f"semantic cache gates, {payload['orders']} orders (dotted: error bounds)")

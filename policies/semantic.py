@@ -326,8 +326,7 @@ class _Model:
         """P(agree) for each row of features (a product: no library call per request)."""
         if self.coef is None:
             return np.zeros(len(np.atleast_2d(x)))
-        t = np.clip(_expand(x) @ self.coef + self.intercept, -50.0, 50.0)
-        return 1.0 / (1.0 + np.exp(-t))
+        return _sigmoid(_expand(x) @ self.coef + self.intercept)
 
     def score(self, x: np.ndarray) -> float:
         """P(agree) for one lookup."""
@@ -356,10 +355,9 @@ def _loo_scores(
     scores where a threshold is chosen; unverified hits get no such help, so in-sample scores
     made the comparisons above a threshold look better than what it serves (order 6 of
     ``bench semcache-sim``: 93.8% against 90.7%, and 6.8% errors at target 0.95)."""
-    ones = np.ones(len(x))
-    xs = np.column_stack([x, ones])
+    xs = np.column_stack([x, np.ones(len(x))])
     eta = np.clip(xs @ np.append(coef, intercept), -50.0, 50.0)
-    p = 1.0 / (1.0 + np.exp(-eta))
+    p = _sigmoid(eta)
     if not coef.any():  # one class only: the intercept alone, nothing fitted to a row
         return p
     w = p * (1.0 - p)
@@ -368,7 +366,11 @@ def _loo_scores(
     inverse = np.linalg.pinv(xs.T @ (xs * w[:, None]) + penalty)
     q = np.einsum("ij,jk,ik->i", xs, inverse, xs)
     eta_out = eta - q * (y - p) / np.maximum(1.0 - w * q, 1e-6)
-    return 1.0 / (1.0 + np.exp(-np.clip(eta_out, -50.0, 50.0)))
+    return _sigmoid(eta_out)
+
+
+def _sigmoid(t: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(t, -50.0, 50.0)))
 
 
 class FixedGate:
