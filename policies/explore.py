@@ -72,6 +72,8 @@ class Explorer:
         already covers stops paying for samples it does not need, however young it is."""
         if max(self.seen, self.traffic) < self.warmup:
             return 1.0
+        if self.by_traffic and not self.traffic:
+            return self.floor  # its level has not decided on anything yet: nothing to learn
         return max(self.floor, 1.0 - have / self.need) if have < self.need else self.floor
 
     def keep_target_floor(self) -> None:
