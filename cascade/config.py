@@ -82,6 +82,17 @@ class ThresholdPolicyConfig(_Strict):
         description="with target_agreement: explore until the agreement estimate holds this "
         "many explored samples, then at the floor (0: the decay set by beta)",
     )
+    min_answer_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="with target_agreement: below this answer share the level costs more than "
+        "it saves (its cost as a share of the large LM's); once even the estimate's upper bound "
+        "answers less, it runs on learn_share of its traffic only",
+    )
+    learn_share: float = Field(
+        1.0, gt=0.0, le=1.0, description="the share it then runs on, to keep learning"
+    )
 
 
 class PolicyConfigAny(_Strict):

@@ -84,7 +84,7 @@ def _learning_sample(walk: Walk, i: int) -> bool:
     that level: the levels after it keep the request's own coin, so a fresh cheap level that
     cannot answer yet does not stop the ones after it from answering."""
     pol = walk.rt.policies[i]
-    if pol is None or not pol.cannot_answer:
+    if pol is None or not pol.sample_only:
         return True
     name = walk.rt.levels[i].name
     if walk.rt.rng.random() >= pol.learn_share:

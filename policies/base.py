@@ -164,6 +164,11 @@ class Policy(ABC):
         return self.op.threshold <= 0.0 or self.op.answer_share < self.min_answer_share
 
     @property
+    def sample_only(self) -> bool:
+        """Whether the walk runs this level on its ``learn_share`` sample only."""
+        return self.cannot_answer
+
+    @property
     def explore_probability(self) -> float:
         """How often this policy wants an item sent on to the large LM to learn from it."""
         if self.explorer.need and self.op is not None:

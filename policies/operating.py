@@ -75,6 +75,8 @@ class OperatingPoint:
         self.deferred: deque[tuple[np.ndarray, float]] = deque(maxlen=window)
         self.threshold = initial  # answer when score < threshold; 0.0 answers nothing
         self.answer_share = 0.0  # share of the explored samples the threshold answers
+        # the share the estimate's upper bound would answer: what the level may yet answer
+        self.hoped_share = 1.0
         self._scores = np.zeros(0)
         self._p_agree = np.zeros(0)  # P(agree | score) at each explored sample
 
@@ -133,8 +135,9 @@ class OperatingPoint:
         if not self.samples or (not m and len(self.samples) < self.min_samples):
             self.threshold = self.prior_threshold()
             self.answer_share = 1.0 if self.threshold > 0 else 0.0  # nothing seen to say less
+            self.hoped_share = self._hoped(score) if self.samples else 1.0
             return self.threshold
-        self._fit(score)
+        self.hoped_share = self._hoped(score)
         order = np.argsort(self._scores, kind="stable")
         scores = self._scores[order]
         cum = np.cumsum(self._p_agree[order])
@@ -158,6 +161,21 @@ class OperatingPoint:
         self.threshold = best
         self.answer_share = float((self._scores < best).mean())
         return best
+
+    def _hoped(self, score: Callable[[np.ndarray], np.ndarray]) -> float:
+        """The largest share of the explored samples whose upper-bound agreement (the same z,
+        no prior) meets the target: what the level may still answer once it has the samples
+        to show it. A young level with few samples has a wide bound and may answer much; one
+        plainly below the target answers nothing even optimistically."""
+        self._fit(score)
+        scores = np.sort(self._scores, kind="stable")
+        order = np.argsort(self._scores, kind="stable")
+        n = np.arange(1.0, len(scores) + 1)
+        mean = np.cumsum(self._p_agree[order]) / n
+        upper = 1.0 - wilson_lower_of(1.0 - mean, n, self.z)
+        cut = np.append(scores[1:] != scores[:-1], True) & (upper >= self.target)
+        cut &= np.isfinite(scores)
+        return float((np.flatnonzero(cut)[-1] + 1) / len(scores)) if cut.any() else 0.0
 
     def rescore(self, score: Callable[[np.ndarray], np.ndarray]) -> None:
         """Score the kept samples with the policy as loaded, without moving the threshold: a
@@ -193,7 +211,10 @@ class OperatingPoint:
         }
 
     def state(self) -> dict[str, np.ndarray]:
-        out = {"op_threshold": np.array([self.threshold], dtype=np.float64)}
+        out = {
+            "op_threshold": np.array([self.threshold], dtype=np.float64),
+            "op_hoped": np.array([self.hoped_share], dtype=np.float64),
+        }
         for prefix, kept in (("op", self.samples), ("op_deferred", self.deferred)):
             if kept:
                 out[f"{prefix}_x"] = np.stack([v for v, _ in kept]).astype(np.float32)
@@ -210,3 +231,5 @@ class OperatingPoint:
                 for v, g in zip(a[f"{prefix}_x"], a[f"{prefix}_agreed"], strict=True):
                     kept.append((np.asarray(v, dtype=np.float32), float(g)))
         self.threshold = float(a["op_threshold"][0])
+        if "op_hoped" in a:  # versions published before it existed lack it
+            self.hoped_share = float(a["op_hoped"][0])

@@ -25,9 +25,13 @@ class ThresholdPolicy(Policy):
         warmup: int = 0,
         prior: float = 0.0,
         explore_need: int = 0,
+        learn_share: float = 1.0,
+        min_answer_share: float = 0.0,
     ) -> None:
         self.threshold = self.check_param("threshold", threshold)
-        super().__init__(target_agreement, beta, explore_floor, warmup)
+        super().__init__(
+            target_agreement, beta, explore_floor, warmup, learn_share, min_answer_share
+        )
         if self.op is not None and explore_need > 0:
             self.explorer.need = int(explore_need)
         prior = check_number("prior", prior)
@@ -37,6 +41,16 @@ class ThresholdPolicy(Policy):
             self.op.prior_strength = prior
             self.op.prior = lambda s: 1.0 - s
             self.op.refit(self.score_batch)
+
+    @property
+    def sample_only(self) -> bool:
+        """A level that cannot pay for itself yet runs on its learning sample only, but only
+        once even its estimate's upper bound says it will not answer ``min_answer_share``: a
+        young level that may pay learns on all its traffic (it reaches its samples sooner),
+        one whose zero-shot answers plainly disagree with the large LM stops costing at once."""
+        if self.op is None or not self.cannot_answer:
+            return False
+        return self.op.hoped_share < self.min_answer_share
 
     def check_param(self, name: str, value: float) -> float:
         return check_unit(name, value)

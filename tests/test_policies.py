@@ -101,6 +101,10 @@ def test_a_prior_answers_the_confident_items_before_any_sample() -> None:
 def test_explore_need_stops_exploring_once_the_estimate_has_its_samples() -> None:
     """issue 25: exploration sized by what the estimate still needs, not by a fixed decay."""
     p = ThresholdPolicy(target_agreement=0.9, explore_need=20)
+    # a level that has not decided on any item yet (a head not ready) has nothing to learn
+    # from exploring: it asks for the floor only, not for every request of a new task
+    assert p.explore_probability == TARGET_FLOOR
+    p.explorer.decided()
     assert p.explore_probability == 1.0
     for _ in range(10):
         p.update(conf(0.95), wrong=False, explored=True)
@@ -112,6 +116,35 @@ def test_explore_need_stops_exploring_once_the_estimate_has_its_samples() -> Non
     for _ in range(20):
         decayed.update(conf(0.95), wrong=False, explored=True)
     assert decayed.explore_probability == pytest.approx(0.99**20)
+
+
+def test_a_level_that_plainly_cannot_pay_runs_on_its_learning_sample_only() -> None:
+    """issue 25: a small LM costing 0.46 of a large call saves only where it answers more than
+    46% of its traffic. While young it runs on everything (its bound is wide: it may pay, and
+    learns sooner); once even the upper bound of its agreement answers less, it runs on its
+    learning sample only; one that agrees keeps running while it gathers its samples."""
+
+    def policy() -> ThresholdPolicy:
+        return ThresholdPolicy(target_agreement=0.9, min_answer_share=0.46, learn_share=0.25)
+
+    bad, good = policy(), policy()
+    assert bad.cannot_answer and not bad.sample_only  # nothing known: it may pay
+    for _ in range(12):
+        bad.update(conf(0.7), wrong=True, explored=True)
+        good.update(conf(0.95), wrong=False, explored=True)
+    assert bad.cannot_answer and bad.sample_only  # plainly below the target
+    assert good.cannot_answer and not good.sample_only  # young, but it may answer all
+    assert bad.op is not None and bad.op.hoped_share == 0.0
+    assert good.op is not None and good.op.hoped_share == 1.0
+    # the serving process adopts it with the version
+    served = policy()
+    served.load_state(bad.state())
+    assert served.sample_only
+    # without min_answer_share a level is never held back (the default)
+    plain = ThresholdPolicy(target_agreement=0.9)
+    for _ in range(12):
+        plain.update(conf(0.7), wrong=True, explored=True)
+    assert plain.cannot_answer and not plain.sample_only
 
 
 def test_operating_point_follows_agreement() -> None:
