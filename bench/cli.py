@@ -107,6 +107,14 @@ def cmd_semcache_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_early(args: argparse.Namespace) -> int:
+    from bench.early import EarlyArgs, early_bench
+
+    payload = asyncio.run(early_bench(from_flags(EarlyArgs, args)))
+    print(json.dumps(payload["summary"]))
+    return 0
+
+
 def cmd_learner(args: argparse.Namespace) -> int:
     from bench.learner import LearnerArgs, learner_bench
     from bench.learner_report import checks
@@ -241,6 +249,11 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.Namespace], int]]]
         "online cascade learning on a labelled stream",
         "bench.stream:StreamBenchArgs",
         cmd_stream,
+    ),
+    "early": (
+        "a new task's first items on three streams and several orders: share, accuracy, cost",
+        "bench.early:EarlyArgs",
+        cmd_early,
     ),
     "stream-report": (
         "one docs section from several `bench stream --out` results",
