@@ -84,10 +84,11 @@ def _learning_sample(walk: Walk, i: int) -> bool:
     that level: the levels after it keep the request's own coin, so a fresh cheap level that
     cannot answer yet does not stop the ones after it from answering."""
     pol = walk.rt.policies[i]
-    if pol is None or not pol.sample_only:
+    if pol is None or not pol.cannot_answer:
         return True
     name = walk.rt.levels[i].name
-    if walk.rt.rng.random() >= pol.learn_share:
+    share = pol.learn_share if pol.sample_only else 1.0  # one that may yet pay runs on all
+    if walk.rt.rng.random() >= share:
         walk.deltas[level_key(name, LevelStat.SKIPPED)] = 1
         return False
     walk.sampled.add(name)
