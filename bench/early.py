@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench.early_checks import run_checks, summary
 from bench.flags import arg
 from bench.stream import RunSpec, task_for, write_json
-from bench.stream_figures import summarise
+from bench.stream_figures import cumulative_saved, summarise
 from bench.streams import BUILTIN, Stream, builtin, reorder, without_fuse
 
 #: TREC's fusing cost 0.6-1.5 points on its committed curve, so its bench runs unfused
@@ -52,7 +50,7 @@ class EarlyArgs:
 
 
 def _cumulative_saved(costs: list[float]) -> list[float]:
-    return [round(float(v), 3) for v in np.cumsum(1.0 - np.asarray(costs))[:CURVE_ITEMS]]
+    return [round(float(v), 3) for v in cumulative_saved(costs)[:CURVE_ITEMS]]
 
 
 def _config_name(path: str) -> str:
@@ -76,6 +74,11 @@ async def early_bench(args: EarlyArgs) -> dict[str, Any]:
     for name in args.streams:
         first = builtin(name, models_dir, limit=args.limit)
         replay = ReplayFile(ANNOTATIONS, write_name=f"{first.name}.replay-only")
+        # one context per configuration for all orders: its memos of the frozen models load once
+        contexts = {
+            c: BenchContext(cfg, models_dir, replay, first.name) for c, cfg in configs.items()
+        }
+        ctx = next(iter(contexts.values()))  # the baselines run on the first configuration's
         for order in args.orders:
             stream: Stream = reorder(first, order) if order else first
 
@@ -83,7 +86,6 @@ async def early_bench(args: EarlyArgs) -> dict[str, Any]:
                 t = stream.task_config(config.tasks[args.task])
                 return without_fuse(t) if name in NO_FUSE else t
 
-            ctx = BenchContext(base, models_dir, replay, stream.name)
             fixed_template = template(base)
             spec = RunSpec("llm_only")
             res = await run_stream(ctx, task_for(spec, fixed_template), stream, learn=False)
@@ -101,10 +103,10 @@ async def early_bench(args: EarlyArgs) -> dict[str, Any]:
                 done += 1
             overall.update(done)
             for cname, config in configs.items():
-                cctx = BenchContext(config, models_dir, replay, stream.name)
+                cctx, learned_template = contexts[cname], template(config)
                 for target in args.target_agreement:
                     spec = RunSpec("cascade", "target_agreement", target)
-                    task = task_for(spec, template(config))
+                    task = task_for(spec, learned_template)
                     t0 = time.perf_counter()
                     res = await run_stream(cctx, task, stream, label=f"{cname} {spec.label}")
                     row = summarise(spec, res, stream, llm_labels, {}, task.levels[-1].name)

@@ -64,12 +64,19 @@ def run_checks(run: dict[str, Any], llm: dict[str, Any], fixed: list[dict[str, A
 
 def summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """Per learned system (config and target): how many stream-orders pass each target."""
+    keys = ("accuracy_ok", "share_ok", "saving_ok", "ok")
     out: dict[str, Any] = {}
     for c in cells:
-        s = out.setdefault(c["system"], {"runs": 0, "accuracy_ok": 0, "share_ok": 0})
-        s.setdefault("saving_ok", 0)
-        s.setdefault("ok", 0)
+        s = out.setdefault(c["system"], dict.fromkeys(("runs", *keys), 0))
         s["runs"] += 1
-        for k in ("accuracy_ok", "share_ok", "saving_ok", "ok"):
+        for k in keys:
             s[k] += int(c["checks"][k])
     return out
+
+
+def cheapest_fixed(cell: dict[str, Any]) -> dict[str, Any] | None:
+    """The fixed threshold of a stream-order with the least large-LM share among those within
+    ``ACC_POINTS`` of the large LM alone's accuracy; None if none is."""
+    llm = _window(cell["llm_only"])["accuracy"]
+    near = [f for f in cell["fixed"] if _window(f)["accuracy"] >= llm - ACC_POINTS]
+    return min(near, key=lambda f: _window(f)["llm_share"], default=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.early_checks import ACC_POINTS, BREAK_EVEN, SHARE_POINTS, WINDOW
+from bench.early_checks import ACC_POINTS, BREAK_EVEN, SHARE_POINTS, WINDOW, cheapest_fixed
 from bench.report import machine, md_table, new_figure, save_figure, stamp, write_section
 
 
@@ -49,13 +49,7 @@ def _table(cells: list[dict[str, Any]]) -> str:
 def _fixed_table(cells: list[dict[str, Any]]) -> str:
     rows = []
     for c in cells:
-        best = [
-            f
-            for f in c["fixed"]
-            if f["early"][WINDOW]["accuracy"]
-            >= c["llm_only"]["early"][WINDOW]["accuracy"] - ACC_POINTS
-        ]
-        cheapest = min(best, key=lambda f: f["early"][WINDOW]["llm_share"], default=None)
+        cheapest = cheapest_fixed(c)
         rows.append(
             [
                 c["stream"],
@@ -90,10 +84,8 @@ def plot(payload: dict[str, Any]) -> str:
             if "checks" in c:
                 ax.plot(c["run"]["cumulative_saved"], label=c["system"])
                 continue
-            llm = c["llm_only"]["early"][WINDOW]["accuracy"]
-            ok = [f for f in c["fixed"] if f["early"][WINDOW]["accuracy"] >= llm - ACC_POINTS]
-            if ok:
-                f = min(ok, key=lambda f: f["early"][WINDOW]["llm_share"])
+            f = cheapest_fixed(c)
+            if f is not None:
                 ax.plot(f["cumulative_saved"], "k--", label=f"fixed threshold {f['threshold']:g}")
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.axvline(BREAK_EVEN, color="grey", lw=0.8, ls=":")

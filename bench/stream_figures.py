@@ -79,10 +79,15 @@ def early_figures(results: list[ItemResult], right: list[bool]) -> dict[str, dic
     return out
 
 
+def cumulative_saved(costs: list[float]) -> np.ndarray:
+    """Large-LM calls saved so far after each item, against the large LM alone (1 per item)."""
+    return np.cumsum(1.0 - np.asarray(costs, dtype=np.float64))
+
+
 def saving_positive_from(costs: list[float]) -> int | None:
     """The first item from which the cumulative cost stays below the large LM alone's (one per
     item) to the end of the stream; None if it never does."""
-    saved = np.cumsum(1.0 - np.asarray(costs, dtype=np.float64))
+    saved = cumulative_saved(costs)
     if not saved.size or saved[-1] <= 0:
         return None
     bad = np.flatnonzero(saved <= 0)

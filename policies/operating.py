@@ -132,15 +132,16 @@ class OperatingPoint:
         the level's own samples take over as they come; before any, the prior alone sets the
         threshold. Without one, a level answers nothing until it has ``min_samples``."""
         m = self.prior_strength if self.has_prior else 0.0
-        if not self.samples or (not m and len(self.samples) < self.min_samples):
-            self.threshold = self.prior_threshold()
-            self.answer_share = 1.0 if self.threshold > 0 else 0.0  # nothing seen to say less
-            self.hoped_share = self._hoped(score) if self.samples else 1.0
-            return self.threshold
-        self.hoped_share = self._hoped(score)
+        if not self.samples:
+            self.hoped_share = 1.0
+            return self._prior_only()
+        self._fit(score)
         order = np.argsort(self._scores, kind="stable")
-        scores = self._scores[order]
-        cum = np.cumsum(self._p_agree[order])
+        scores, p_agree = self._scores[order], self._p_agree[order]
+        self.hoped_share = self._hoped(scores, p_agree)
+        if not m and len(self.samples) < self.min_samples:
+            return self._prior_only()
+        cum = np.cumsum(p_agree)
         if m:
             assert self.prior is not None
             p0 = np.asarray(self.prior(np.where(np.isfinite(scores), scores, 1.0)), np.float64)
@@ -162,17 +163,20 @@ class OperatingPoint:
         self.answer_share = float((self._scores < best).mean())
         return best
 
-    def _hoped(self, score: Callable[[np.ndarray], np.ndarray]) -> float:
-        """The largest share of the explored samples whose upper-bound agreement (the same z,
-        no prior) meets the target: what the level may still answer once it has the samples
-        to show it. A young level with few samples has a wide bound and may answer much; one
-        plainly below the target answers nothing even optimistically."""
-        self._fit(score)
-        scores = np.sort(self._scores, kind="stable")
-        order = np.argsort(self._scores, kind="stable")
+    def _prior_only(self) -> float:
+        """Too few samples of its own: the prior alone sets the threshold (none: 0)."""
+        self.threshold = self.prior_threshold()
+        self.answer_share = 1.0 if self.threshold > 0 else 0.0  # nothing seen to say less
+        return self.threshold
+
+    def _hoped(self, scores: np.ndarray, p_agree: np.ndarray) -> float:
+        """The largest share of the explored samples (``scores`` sorted, ``p_agree`` in their
+        order) whose upper-bound agreement (the same z, no prior) meets the target: what the
+        level may still answer once it has the samples to show it. A young level with few
+        samples has a wide bound and may answer much; one plainly below the target answers
+        nothing even optimistically."""
         n = np.arange(1.0, len(scores) + 1)
-        mean = np.cumsum(self._p_agree[order]) / n
-        upper = 1.0 - wilson_lower_of(1.0 - mean, n, self.z)
+        upper = 1.0 - wilson_lower_of(1.0 - np.cumsum(p_agree) / n, n, self.z)
         cut = np.append(scores[1:] != scores[:-1], True) & (upper >= self.target)
         cut &= np.isfinite(scores)
         return float((np.flatnonzero(cut)[-1] + 1) / len(scores)) if cut.any() else 0.0
