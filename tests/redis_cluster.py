@@ -19,14 +19,16 @@ import redis
 NODE_TIMEOUT_MS = 1000
 
 
-def _node_ports(n: int) -> list[int]:
-    """``n`` free loopback ports whose cluster-bus ports (port + 10000) are free too: an
-    ephemeral port above 55535 would put the bus past 65535."""
+def _node_ports(n: int, avoid: list[int] | None = None) -> list[int]:
+    """``n`` free loopback ports whose cluster-bus ports (port + 10000) are free too. Both
+    stay below Linux's ephemeral range (32768 up), where a client socket could take a port
+    between this check and the node binding it."""
     rng = random.Random()
     ports: list[int] = []
+    taken = set(avoid or [])
     while len(ports) < n:
-        port = rng.randrange(20000, 45000)
-        if port not in ports and _free(port) and _free(port + 10000):
+        port = rng.randrange(20000, 22768)
+        if port not in ports and port not in taken and _free(port) and _free(port + 10000):
             ports.append(port)
     return ports
 
@@ -59,8 +61,8 @@ class RedisClusterProcs:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         for port in self.ports:
             self._start_node(exe, port)
-        for port in self.ports:
-            self._until(lambda p=port: self.client(p).ping(), f"node {port} to answer")
+        for i in range(len(self.ports)):
+            self._until_node_answers(exe, i)
         nodes = [f"127.0.0.1:{p}" for p in self.ports]
         subprocess.run(
             [cli, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
@@ -71,10 +73,35 @@ class RedisClusterProcs:
         self.until_healthy()
         return self
 
+    def _until_node_answers(self, exe: str, i: int, tries: int = 3) -> None:
+        """Wait for the ``i``-th node to answer. A port found free can be taken before the
+        node binds it (another test's server, a busy machine's ephemeral range): a node that
+        exits or stays silent is started again on fresh ports rather than failing the
+        session, and the last try's log is in the error."""
+        for attempt in range(tries):
+            port = self.ports[i]
+            proc = self.procs[port]
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and proc.poll() is None:
+                with contextlib.suppress(redis.RedisError, OSError):
+                    if self.client(port).ping():
+                        return
+                time.sleep(0.1)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            del self.procs[port]
+            if attempt == tries - 1:
+                log = (self.root / str(port) / "redis.log").read_text(errors="replace")
+                raise RuntimeError(f"redis node {port} never answered; its log:\n{log[-2000:]}")
+            self.ports[i] = _node_ports(1, avoid=self.ports)[0]
+            self._start_node(exe, self.ports[i])
+
     def _start_node(self, exe: str, port: int) -> None:
         d = self.root / str(port)
         d.mkdir(parents=True, exist_ok=True)
         args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(d)]
+        args += ["--logfile", str(d / "redis.log")]
         args += ["--appendonly", "yes", "--appendfsync", "always"]
         args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         args += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS)]

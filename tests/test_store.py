@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -333,3 +334,23 @@ async def test_a_demonstration_no_replica_confirmed_is_kept_and_retried(
         assert texts == ["text 0", "text 1"]  # the retry found it written: not added twice
     finally:
         await store.close()
+
+
+def test_a_cluster_node_whose_port_was_taken_starts_again_elsewhere(tmp_path: Path) -> None:
+    """The test cluster picks its ports before starting its nodes; a port another process
+    takes in between (CI once lost a whole session's cluster tests to one silent node) gets
+    that node started again on fresh ports, not a failed session."""
+    cluster = RedisClusterProcs(tmp_path / "cluster")
+    taken = cluster.ports[2]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        try:
+            cluster.start()
+            assert taken not in cluster.ports and len(set(cluster.ports)) == 6
+            assert len(cluster.masters()) == 3
+            client = cluster.cluster_client()
+            client.set("k", "v")
+            assert client.get("k") == b"v"
+        finally:
+            cluster.stop()
