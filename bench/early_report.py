@@ -55,7 +55,7 @@ def _fixed_table(cells: list[dict[str, Any]]) -> str:
                 c["stream"],
                 c["order"],
                 _pct(c["llm_only"]["early"][WINDOW]["accuracy"]),
-                "none" if cheapest is None else f"{cheapest['threshold']:g}",
+                "none" if cheapest is None else f"{cheapest['threshold']:.2f}",
                 "-" if cheapest is None else _pct(cheapest["early"][WINDOW]["llm_share"]),
                 "-" if cheapest is None else (cheapest["saving_positive_from"] or "never"),
             ]
@@ -86,7 +86,7 @@ def plot(payload: dict[str, Any]) -> str:
                 continue
             f = cheapest_fixed(c)
             if f is not None:
-                ax.plot(f["cumulative_saved"], "k--", label=f"fixed threshold {f['threshold']:g}")
+                ax.plot(f["cumulative_saved"], "k--", label=f"fixed threshold {f['threshold']:.2f}")
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.axvline(BREAK_EVEN, color="grey", lw=0.8, ls=":")
         ax.set_title(f"{name} (order {order})")
@@ -109,11 +109,11 @@ def write_early_report(payload: dict[str, Any]) -> None:
     body = f"""## A new task's first items (`bench early`)
 
 Written by `cascade-gateway bench early --configs {",".join(payload["configs"])}` on
-{stamp()} ({machine()}). Streams: {", ".join(payload["streams"])}, {payload["items"]} items
+{stamp()} ({machine()}). Streams: {", ".join(payload["streams"])}, {payload["items"]:,} items
 each, orders {", ".join(map(str, payload["orders"]))} (0: the stream's own; k: reshuffled with
 seed k); large-LM answers replayed from bench/annotations; unfused: {
         ", ".join(payload["no_fuse"]) or "none"
-    }. Fixed thresholds: {", ".join(f"{t:g}" for t in payload["thresholds"])}.
+    }. Fixed thresholds: {", ".join(f"{t:.2f}" for t in payload["thresholds"])}.
 
 Targets (issue 25), over the first {WINDOW} items: accuracy within {100 * ACC_POINTS:g} point
 of the large LM alone or above; large-LM share at most {100 * SHARE_POINTS:g} points above

@@ -39,6 +39,8 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
             return "-"
         if isinstance(v, float):
             return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f"{v:,}"
         return str(v)
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

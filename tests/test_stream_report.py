@@ -153,3 +153,10 @@ def test_targets_also_read_the_second_half_of_the_stream() -> None:
     assert "large LM alone 86.00% there" in line
     assert "cascade 0.9: 85.00% at 24.0%" in line
     assert "best within 30% share 85.00% against 85.00%" in line
+
+
+def test_tables_write_counts_with_thousands_separators_and_fractions_short() -> None:
+    """Item counts and break-even items read as numbers (5,000, not 5000); a flag stays a
+    word; a missing figure is a dash."""
+    table = bench.report.md_table(["n", "f", "ok", "gap"], [[5000, 0.8312345, True, None]])
+    assert table.splitlines()[2] == "| 5,000 | 0.8312 | True | - |"
