@@ -93,6 +93,21 @@ class ThresholdPolicyConfig(_Strict):
     learn_share: float = Field(
         1.0, gt=0.0, le=1.0, description="the share it then runs on, to keep learning"
     )
+    idle_share: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="the share it runs on once even the upper bound says it cannot pay "
+        "(at most learn_share; default learn_share)",
+    )
+    enter_z: float | None = Field(
+        None,
+        ge=0.0,
+        le=5.0,
+        description="with target_agreement: the Wilson z a level that answers less than "
+        "min_answer_share (or nothing) must show the target at to start answering "
+        "(default: the knob's 0.5)",
+    )
 
 
 class PolicyConfigAny(_Strict):

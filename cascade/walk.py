@@ -87,8 +87,7 @@ def _learning_sample(walk: Walk, i: int) -> bool:
     if pol is None or not pol.cannot_answer:
         return True
     name = walk.rt.levels[i].name
-    share = pol.learn_share if pol.sample_only else 1.0  # one that may yet pay runs on all
-    if walk.rt.rng.random() >= share:
+    if walk.rt.rng.random() >= pol.run_share:
         walk.deltas[level_key(name, LevelStat.SKIPPED)] = 1
         return False
     walk.sampled.add(name)

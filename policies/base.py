@@ -137,15 +137,32 @@ class Policy(ABC):
         warmup: int = 0,
         learn_share: float = 1.0,
         min_answer_share: float = 0.0,
+        idle_share: float | None = None,
+        enter_z: float | None = None,
     ) -> None:
         target = None if target_agreement is None else check_target(target_agreement)
         self.learn_share = check_unit("learn_share", learn_share)
         self.min_answer_share = check_unit("min_answer_share", min_answer_share)
         if self.learn_share <= 0.0:
             raise PolicyError("learn_share must be in (0, 1]: a level that never runs never learns")
-        self.op = None if target is None else OperatingPoint(target)
+        idle = self.learn_share if idle_share is None else check_unit("idle_share", idle_share)
+        if not 0.0 < idle <= self.learn_share:
+            raise PolicyError(
+                f"idle_share must be in (0, learn_share={self.learn_share:g}]: a level that "
+                f"never runs never learns, got {idle_share}"
+            )
+        self.idle_share = idle
+        if enter_z is not None and not 0.0 <= check_number("enter_z", enter_z) <= 5.0:
+            raise PolicyError(f"enter_z must be in [0, 5], got {enter_z}")
+        self.enter_z = enter_z
+        self.op = None if target is None else self._operating_point(target)
         has_target = self.op is not None and self.counts_traffic
         self.explorer = Explorer.for_policy(has_target, beta, explore_floor, warmup)
+
+    def _operating_point(self, target: float) -> OperatingPoint:
+        """The knob, with the level's break-even share as the share that counts as answering
+        (the hysteresis of ``enter_z`` applies below it)."""
+        return OperatingPoint(target, enter_z=self.enter_z, min_share=self.min_answer_share)
 
     @property
     def learned(self) -> bool:
@@ -164,9 +181,28 @@ class Policy(ABC):
         return self.op.threshold <= 0.0 or self.op.answer_share < self.min_answer_share
 
     @property
+    def plainly_cannot_pay(self) -> bool:
+        """It cannot answer, and even its agreement estimate's upper bound answers less than
+        ``min_answer_share``: more samples are unlikely to make it pay."""
+        if self.op is None or not self.cannot_answer:
+            return False
+        return self.op.hoped_share < self.min_answer_share
+
+    @property
     def sample_only(self) -> bool:
-        """Whether the walk runs this level on its ``learn_share`` sample only."""
+        """Whether the walk runs this level on a sample of its traffic only (``run_share``)."""
         return self.cannot_answer
+
+    @property
+    def run_share(self) -> float:
+        """The share of its traffic the walk runs this level on: all of it once it can answer
+        (or, where ``sample_only`` says so, while it may yet pay); ``learn_share`` while it
+        learns; ``idle_share`` once it plainly cannot pay, so a level that cannot meet the
+        target on this traffic costs next to nothing, yet still learns, and runs on
+        ``learn_share`` again once its estimate says it may pay."""
+        if not self.sample_only:
+            return 1.0
+        return self.idle_share if self.plainly_cannot_pay else self.learn_share
 
     @property
     def explore_probability(self) -> float:
@@ -241,7 +277,7 @@ class Policy(ABC):
         if target is None:
             return
         if self.op is None:
-            self.op = OperatingPoint(target)
+            self.op = self._operating_point(target)
             if self.counts_traffic:
                 self.explorer.keep_target_floor()
         else:

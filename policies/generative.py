@@ -31,12 +31,21 @@ class ScoreRule(Policy):
         warmup: int = 0,
         learn_share: float = 1.0,
         min_answer_share: float = 0.0,
+        idle_share: float | None = None,
+        enter_z: float | None = None,
     ) -> None:
         if threshold is None and target_agreement is None:
             raise PolicyError(f"{self.kind}: give a threshold or a target_agreement")
         self.threshold = None if threshold is None else self.check_param("threshold", threshold)
         super().__init__(
-            target_agreement, beta, explore_floor, warmup, learn_share, min_answer_share
+            target_agreement,
+            beta,
+            explore_floor,
+            warmup,
+            learn_share,
+            min_answer_share,
+            idle_share,
+            enter_z,
         )
 
     def decide(self, features: Features) -> Decision:

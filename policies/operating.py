@@ -62,9 +62,15 @@ class OperatingPoint:
         initial: float = 0.0,
         prior_strength: float = 0.0,
         prior: Callable[[np.ndarray], np.ndarray] | None = None,
+        enter_z: float | None = None,
+        min_share: float = 0.0,
     ) -> None:
         self.target = target  # in (0, 1]: the policy checked it (policies.base.check_target)
         self.z = z
+        # hysteresis: a level that does not answer yet (nothing, or less than ``min_share``)
+        # must show the target at ``enter_z`` to start; one that answers keeps it at ``z``
+        self.enter_z = z if enter_z is None else enter_z
+        self.min_share = min_share
         self.min_samples = min_samples
         # an informative start: P(agree | score) as the level's own calibration says, worth
         # ``prior_strength`` explored samples (0: none; the level answers nothing until it
@@ -141,6 +147,7 @@ class OperatingPoint:
         self.hoped_share = self._hoped(scores, p_agree)
         if not m and len(self.samples) < self.min_samples:
             return self._prior_only()
+        z = self.z if self.answering else self.enter_z
         cum = np.cumsum(p_agree)
         if m:
             assert self.prior is not None
@@ -154,7 +161,7 @@ class OperatingPoint:
             agree, n = cum[i], i + 1.0
             if m:
                 agree, n = agree + m * prior_mean[i], n + m
-            if wilson_lower(agree, n, self.z) >= self.target:
+            if wilson_lower(agree, n, z) >= self.target:
                 nxt = scores[i + 1] if i + 1 < len(scores) else scores[i] + 1e-6
                 best = float((scores[i] + nxt) / 2)
         if m and scores[0] >= (prior_cut := self.prior_threshold()) > best:
@@ -162,6 +169,11 @@ class OperatingPoint:
         self.threshold = best
         self.answer_share = float((self._scores < best).mean())
         return best
+
+    @property
+    def answering(self) -> bool:
+        """Whether the threshold answers at least ``min_share`` of the explored samples."""
+        return self.threshold > 0 and self.answer_share >= self.min_share
 
     def _prior_only(self) -> float:
         """Too few samples of its own: the prior alone sets the threshold (none: 0)."""

@@ -27,10 +27,19 @@ class ThresholdPolicy(Policy):
         explore_need: int = 0,
         learn_share: float = 1.0,
         min_answer_share: float = 0.0,
+        idle_share: float | None = None,
+        enter_z: float | None = None,
     ) -> None:
         self.threshold = self.check_param("threshold", threshold)
         super().__init__(
-            target_agreement, beta, explore_floor, warmup, learn_share, min_answer_share
+            target_agreement,
+            beta,
+            explore_floor,
+            warmup,
+            learn_share,
+            min_answer_share,
+            idle_share,
+            enter_z,
         )
         if self.op is not None and explore_need > 0:
             self.explorer.need = int(explore_need)
@@ -48,9 +57,7 @@ class ThresholdPolicy(Policy):
         once even its estimate's upper bound says it will not answer ``min_answer_share``: a
         young level that may pay learns on all its traffic (it reaches its samples sooner),
         one whose zero-shot answers plainly disagree with the large LM stops costing at once."""
-        if self.op is None or not self.cannot_answer:
-            return False
-        return self.op.hoped_share < self.min_answer_share
+        return self.plainly_cannot_pay
 
     def check_param(self, name: str, value: float) -> float:
         return check_unit(name, value)

@@ -147,6 +147,60 @@ def test_a_level_that_plainly_cannot_pay_runs_on_its_learning_sample_only() -> N
     assert plain.cannot_answer and not plain.sample_only
 
 
+def test_a_generative_level_that_plainly_cannot_pay_idles_on_a_smaller_sample() -> None:
+    """A chat small LM costing 0.62 of a large call that cannot meet the target on this
+    traffic ran on its whole learning sample forever (1.15x the large LM's cost on trec-chat);
+    once even its estimate's upper bound answers less than it costs, it runs on idle_share,
+    and on learn_share again (then everything) once its answers start to agree."""
+    rule = make_policy(
+        "chow_quantile", target_agreement=0.9, learn_share=0.25, min_answer_share=0.62,
+        idle_share=0.05,
+    )  # fmt: skip
+    sure = Features(confidence=0.98, token_logprobs=np.array([-0.01, -0.02]))
+    unsure = Features(confidence=0.08, token_logprobs=np.array([-2.0, -3.0]))
+    assert rule.cannot_answer and rule.run_share == 0.25  # nothing known: learning
+    for _ in range(16):
+        rule.update(sure, wrong=True, explored=True)
+        rule.update(unsure, wrong=True, explored=True)
+    assert rule.plainly_cannot_pay and rule.run_share == 0.05
+    for _ in range(200):  # three in four answers sure, and now they agree
+        for _ in range(3):
+            rule.update(sure, wrong=False, explored=True)
+        rule.update(unsure, wrong=True, explored=True)
+    assert not rule.cannot_answer and rule.run_share == 1.0
+    # without idle_share nothing changes: the learning sample is the floor
+    plain = make_policy("chow_quantile", target_agreement=0.9, learn_share=0.25,
+                        min_answer_share=0.62)  # fmt: skip
+    for _ in range(16):
+        plain.update(sure, wrong=True, explored=True)
+    assert plain.plainly_cannot_pay and plain.run_share == 0.25
+    with pytest.raises(PolicyError, match="idle_share"):
+        make_policy("chow_quantile", target_agreement=0.9, learn_share=0.25, idle_share=0.5)
+
+
+def test_a_level_must_show_the_target_at_enter_z_to_start_answering() -> None:
+    """The knob is looked at after every sample, so a level whose true agreement sits below
+    the target crosses a z = 0.5 bound by luck sooner or later, and once it answers, the 1%
+    floor's samples correct it slowly (trec-chat at target 0.7: 63% acceptable on 69% of the
+    traffic). With enter_z the bound to start is stricter; once answering, z holds it."""
+
+    def feed(p: ThresholdPolicy, agree_of_10: int, n: int = 40) -> None:
+        for i in range(n):  # each ten: the disagreements first, so no prefix looks better
+            p.update(conf(0.95), wrong=i % 10 < 10 - agree_of_10, explored=True)
+
+    loose = ThresholdPolicy(target_agreement=0.7)
+    strict = ThresholdPolicy(target_agreement=0.7, enter_z=1.5)
+    for p in (loose, strict):
+        feed(p, 8)  # 80% agreement on 40 samples: bound 0.76 at z 0.5, 0.69 at z 1.5
+    assert not loose.cannot_answer and strict.cannot_answer
+    feed(strict, 10)  # 90% on 80: bound 0.84 at z 1.5, it starts
+    assert not strict.cannot_answer
+    assert strict.op is not None and strict.op.answering
+    feed(strict, 6, 80)  # 75% on 160: 0.695 at z 1.5 would stop it, 0.73 at z 0.5 holds it
+    assert not strict.cannot_answer
+    assert wilson_lower(120, 160, 1.5) < 0.7 <= wilson_lower(120, 160, 0.5)
+
+
 def test_operating_point_follows_agreement() -> None:
     high = fed(0.9, lambda c: True)  # the level always agrees with the large LM
     low = fed(0.9, lambda c: False)  # never
