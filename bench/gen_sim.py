@@ -96,6 +96,8 @@ class Sim:
     small_cost: float
     seed: int = 0
     learn_share: float = 0.25
+    idle_share: float | None = None  # default: learn_share
+    enter_z: float | None = None  # default: the knob's own z
     min_answer_share: float | None = None  # default: the small level's cost
     router_threshold: float = 0.25
     rows: list[ItemRun] = field(default_factory=list)
@@ -120,6 +122,8 @@ class Sim:
                 knob = {
                     "target_agreement": s.target,
                     "learn_share": self.learn_share,
+                    "idle_share": self.idle_share,
+                    "enter_z": self.enter_z,
                     "min_answer_share": pays,
                 }
             if s.threshold is not None:
@@ -154,7 +158,7 @@ class Sim:
         if router is not None and router.skip(tr.emb):
             return ItemRun(1.0, False, False, False, True, ms + large_ms, 1.0)
         can_answer = not pol.cannot_answer
-        if not can_answer and rng.random() >= pol.learn_share:
+        if not can_answer and rng.random() >= pol.run_share:
             return ItemRun(1.0, False, False, False, True, ms + large_ms, 1.0)
         pol.explorer.decided()
         explored = not can_answer or rng.random() < pol.explore_probability

@@ -48,7 +48,19 @@ def payload_for(
 
     thr = task.quality.threshold
     small_cost = task.levels[-2].cost
-    sim = Sim(traces, costs, thr, small_cost, seed=args.order_seed)
+    # the configured small level's learning sample (its rule and target are swept instead)
+    small = task.levels[-2].policy.model_dump()
+    sim = Sim(
+        traces,
+        costs,
+        thr,
+        small_cost,
+        seed=args.order_seed,
+        learn_share=small.get("learn_share", 1.0),
+        idle_share=small.get("idle_share"),
+        enter_z=small.get("enter_z"),
+        min_answer_share=small.get("min_answer_share"),
+    )
     feats = [sim.features(tr) for tr in traces]
     quality = np.array([tr.quality for tr in traces])
     acceptable = quality >= thr
