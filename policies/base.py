@@ -12,7 +12,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, Unpack
 
 import numpy as np
 
@@ -21,6 +21,17 @@ from policies.operating import OperatingPoint
 
 if TYPE_CHECKING:
     from policies.abort import EarlyAbort
+
+
+class Knob(TypedDict, total=False):
+    """What every policy with a target takes beside it: one list, so a policy kind passes
+    them on without naming them again."""
+
+    warmup: int  # send the first n items on to the large LM (explore.py)
+    learn_share: float  # the share a level that cannot answer yet runs on (default 1)
+    min_answer_share: float  # the answer share below which it costs more than it saves
+    idle_share: float | None  # the share once even the upper bound says it cannot pay
+    enter_z: float | None  # the z a level must show the target at to start answering
 
 
 @dataclass
@@ -134,15 +145,17 @@ class Policy(ABC):
         target_agreement: float | None = None,
         beta: float | None = None,
         explore_floor: float | None = None,
-        warmup: int = 0,
-        learn_share: float = 1.0,
-        min_answer_share: float = 0.0,
-        idle_share: float | None = None,
-        enter_z: float | None = None,
+        **knob: Unpack[Knob],
     ) -> None:
+        unknown = set(knob) - set(Knob.__annotations__)
+        if unknown:  # make_policy turns this into a PolicyError naming the kind
+            raise TypeError(f"unexpected keyword argument(s) {', '.join(sorted(unknown))}")
+        warmup = knob.get("warmup", 0)
+        learn_share = knob.get("learn_share", 1.0)
+        idle_share, enter_z = knob.get("idle_share"), knob.get("enter_z")
         target = None if target_agreement is None else check_target(target_agreement)
         self.learn_share = check_unit("learn_share", learn_share)
-        self.min_answer_share = check_unit("min_answer_share", min_answer_share)
+        self.min_answer_share = check_unit("min_answer_share", knob.get("min_answer_share", 0.0))
         if self.learn_share <= 0.0:
             raise PolicyError("learn_share must be in (0, 1]: a level that never runs never learns")
         idle = self.learn_share if idle_share is None else check_unit("idle_share", idle_share)

@@ -12,8 +12,9 @@ share of answered items that must be acceptable, held online from exploration sa
 from __future__ import annotations
 
 import math
+from typing import Unpack
 
-from policies.base import Decision, Features, Policy, PolicyError, register
+from policies.base import Decision, Features, Knob, Policy, PolicyError, register
 from policies.features import chow_average, chow_quantile, chow_sum, entropy_mean
 
 
@@ -28,25 +29,12 @@ class ScoreRule(Policy):
         target_agreement: float | None = None,
         beta: float | None = None,
         explore_floor: float | None = None,
-        warmup: int = 0,
-        learn_share: float = 1.0,
-        min_answer_share: float = 0.0,
-        idle_share: float | None = None,
-        enter_z: float | None = None,
+        **knob: Unpack[Knob],
     ) -> None:
         if threshold is None and target_agreement is None:
             raise PolicyError(f"{self.kind}: give a threshold or a target_agreement")
         self.threshold = None if threshold is None else self.check_param("threshold", threshold)
-        super().__init__(
-            target_agreement,
-            beta,
-            explore_floor,
-            warmup,
-            learn_share,
-            min_answer_share,
-            idle_share,
-            enter_z,
-        )
+        super().__init__(target_agreement, beta, explore_floor, **knob)
 
     def decide(self, features: Features) -> Decision:
         s = self.score(features)

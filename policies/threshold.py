@@ -6,9 +6,11 @@ keeps the measured agreement with the large LM at the target (see ``operating.py
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import numpy as np
 
-from policies.base import Decision, Features, Policy, check_number, check_unit, register
+from policies.base import Decision, Features, Knob, Policy, check_number, check_unit, register
 
 
 @register("threshold")
@@ -22,25 +24,12 @@ class ThresholdPolicy(Policy):
         target_agreement: float | None = None,
         beta: float | None = None,
         explore_floor: float | None = None,
-        warmup: int = 0,
         prior: float = 0.0,
         explore_need: int = 0,
-        learn_share: float = 1.0,
-        min_answer_share: float = 0.0,
-        idle_share: float | None = None,
-        enter_z: float | None = None,
+        **knob: Unpack[Knob],
     ) -> None:
         self.threshold = self.check_param("threshold", threshold)
-        super().__init__(
-            target_agreement,
-            beta,
-            explore_floor,
-            warmup,
-            learn_share,
-            min_answer_share,
-            idle_share,
-            enter_z,
-        )
+        super().__init__(target_agreement, beta, explore_floor, **knob)
         if self.op is not None and explore_need > 0:
             self.explorer.need = int(explore_need)
         prior = check_number("prior", prior)
