@@ -271,6 +271,9 @@ class Policy(ABC):
         if self.op is not None:
             out["target_agreement"] = self.op.target
             out["operating_threshold"] = self.operating_threshold
+            # read-only, for the operator: the share of its traffic the level runs on now
+            # (1 answering; learn_share learning; idle_share once it plainly cannot pay)
+            out["run_share"] = self.run_share
         return out
 
     def check_param(self, name: str, value: float) -> float:

@@ -163,6 +163,7 @@ def test_a_generative_level_that_plainly_cannot_pay_idles_on_a_smaller_sample() 
         rule.update(sure, wrong=True, explored=True)
         rule.update(unsure, wrong=True, explored=True)
     assert rule.plainly_cannot_pay and rule.run_share == 0.05
+    assert rule.params()["run_share"] == 0.05  # the admin API shows it with the policy
     for _ in range(200):  # three in four answers sure, and now they agree
         for _ in range(3):
             rule.update(sure, wrong=False, explored=True)
