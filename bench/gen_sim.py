@@ -116,7 +116,7 @@ class Sim:
         pol: Policy | None = None
         if s.system == "cascade":
             assert s.kind is not None
-            knob: dict[str, float] = {}
+            knob: dict[str, float | None] = {}
             if s.target is not None:
                 pays = self.small_cost if self.min_answer_share is None else self.min_answer_share
                 knob = {

@@ -102,7 +102,7 @@ class ThresholdPolicyConfig(_Strict):
     )
     enter_z: float | None = Field(
         None,
-        ge=0.0,
+        ge=0.5,
         le=5.0,
         description="with target_agreement: the Wilson z a level that answers less than "
         "min_answer_share (or nothing) must show the target at to start answering "

@@ -165,8 +165,9 @@ class Policy(ABC):
                 f"never runs never learns, got {idle_share}"
             )
         self.idle_share = idle
-        if enter_z is not None and not 0.0 <= check_number("enter_z", enter_z) <= 5.0:
-            raise PolicyError(f"enter_z must be in [0, 5], got {enter_z}")
+        if enter_z is not None and not 0.5 <= check_number("enter_z", enter_z) <= 5.0:
+            # below the knob's own z (0.5) starting would be easier than staying: it flaps
+            raise PolicyError(f"enter_z must be in [0.5, 5] (the knob holds at 0.5), got {enter_z}")
         self.enter_z = enter_z
         self.op = None if target is None else self._operating_point(target)
         has_target = self.op is not None and self.counts_traffic

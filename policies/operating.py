@@ -69,7 +69,7 @@ class OperatingPoint:
         self.z = z
         # hysteresis: a level that does not answer yet (nothing, or less than ``min_share``)
         # must show the target at ``enter_z`` to start; one that answers keeps it at ``z``
-        self.enter_z = z if enter_z is None else enter_z
+        self.enter_z = z if enter_z is None else max(z, enter_z)  # never easier to start
         self.min_share = min_share
         self.min_samples = min_samples
         # an informative start: P(agree | score) as the level's own calibration says, worth
@@ -116,7 +116,7 @@ class OperatingPoint:
     def has_prior(self) -> bool:
         return self.prior is not None and self.prior_strength > 0
 
-    def prior_threshold(self) -> float:
+    def prior_threshold(self, z: float | None = None) -> float:
         """Where the prior alone meets the target: the largest score whose own prior agreement,
         worth ``prior_strength`` samples, has its lower bound at the target. Every item answered
         below it has at least that prior agreement, whatever the mix of scores."""
@@ -126,7 +126,7 @@ class OperatingPoint:
         grid = np.linspace(0.0, 1.0, 1001)
         p0 = np.asarray(self.prior(grid), dtype=np.float64)
         m = self.prior_strength
-        z, t = self.z, self.target
+        z, t = self.z if z is None else z, self.target
         ok = [g for g, p in zip(grid, p0, strict=True) if wilson_lower(m * p, m, z) >= t]
         return float(max(ok)) if ok else 0.0
 
@@ -138,16 +138,16 @@ class OperatingPoint:
         the level's own samples take over as they come; before any, the prior alone sets the
         threshold. Without one, a level answers nothing until it has ``min_samples``."""
         m = self.prior_strength if self.has_prior else 0.0
+        z = self.z if self.answering else self.enter_z
         if not self.samples:
             self.hoped_share = 1.0
-            return self._prior_only()
+            return self._prior_only(z)
         self._fit(score)
         order = np.argsort(self._scores, kind="stable")
         scores, p_agree = self._scores[order], self._p_agree[order]
         self.hoped_share = self._hoped(scores, p_agree)
         if not m and len(self.samples) < self.min_samples:
-            return self._prior_only()
-        z = self.z if self.answering else self.enter_z
+            return self._prior_only(z)
         cum = np.cumsum(p_agree)
         if m:
             assert self.prior is not None
@@ -164,7 +164,7 @@ class OperatingPoint:
             if wilson_lower(agree, n, z) >= self.target:
                 nxt = scores[i + 1] if i + 1 < len(scores) else scores[i] + 1e-6
                 best = float((scores[i] + nxt) / 2)
-        if m and scores[0] >= (prior_cut := self.prior_threshold()) > best:
+        if m and scores[0] >= (prior_cut := self.prior_threshold(z)) > best:
             best = prior_cut  # no explored item answered yet: the prior alone still holds
         self.threshold = best
         self.answer_share = float((self._scores < best).mean())
@@ -175,9 +175,9 @@ class OperatingPoint:
         """Whether the threshold answers at least ``min_share`` of the explored samples."""
         return self.threshold > 0 and self.answer_share >= self.min_share
 
-    def _prior_only(self) -> float:
+    def _prior_only(self, z: float) -> float:
         """Too few samples of its own: the prior alone sets the threshold (none: 0)."""
-        self.threshold = self.prior_threshold()
+        self.threshold = self.prior_threshold(z)
         self.answer_share = 1.0 if self.threshold > 0 else 0.0  # nothing seen to say less
         return self.threshold
 

@@ -200,6 +200,13 @@ def test_a_level_must_show_the_target_at_enter_z_to_start_answering() -> None:
     feed(strict, 6, 80)  # 75% on 160: 0.695 at z 1.5 would stop it, 0.73 at z 0.5 holds it
     assert not strict.cannot_answer
     assert wilson_lower(120, 160, 1.5) < 0.7 <= wilson_lower(120, 160, 0.5)
+    # below the knob's own z, starting would be easier than staying: refused
+    with pytest.raises(PolicyError, match="enter_z"):
+        ThresholdPolicy(target_agreement=0.7, enter_z=0.2)
+    # a prior that lets a level answer before any sample is held to enter_z as well
+    primed = ThresholdPolicy(target_agreement=0.7, prior=30)
+    held = ThresholdPolicy(target_agreement=0.7, prior=30, enter_z=5.0)
+    assert primed.decide(conf(0.99)).defer is False and held.decide(conf(0.99)).defer is True
 
 
 def test_operating_point_follows_agreement() -> None:
