@@ -59,19 +59,29 @@ class RedisClusterProcs:
         exe, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if exe is None or cli is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        for port in self.ports:
-            self._start_node(exe, port)
-        for i in range(len(self.ports)):
-            self._until_node_answers(exe, i)
-        nodes = [f"127.0.0.1:{p}" for p in self.ports]
-        subprocess.run(
-            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        self.until_healthy()
+        try:
+            for port in self.ports:
+                self._start_node(exe, port)
+            for i in range(len(self.ports)):
+                self._until_node_answers(exe, i)
+            nodes = [f"127.0.0.1:{p}" for p in self.ports]
+            subprocess.run(
+                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            self.until_healthy()
+        except BaseException:
+            self.stop()  # no node outlives a cluster that did not form
+            raise
         return self
+
+    def _ours(self, port: int) -> bool:
+        """The Redis answering on ``port`` is the node we started there (not a stranger
+        that held the port while ours failed to bind)."""
+        info = self.client(port).info("server")
+        return int(info["process_id"]) == self.procs[port].pid
 
     def _until_node_answers(self, exe: str, i: int, tries: int = 3) -> None:
         """Wait for the ``i``-th node to answer. A port found free can be taken before the
@@ -84,7 +94,7 @@ class RedisClusterProcs:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and proc.poll() is None:
                 with contextlib.suppress(redis.RedisError, OSError):
-                    if self.client(port).ping():
+                    if self.client(port).ping() and self._ours(port):
                         return
                 time.sleep(0.1)
             if proc.poll() is None:
@@ -92,7 +102,8 @@ class RedisClusterProcs:
                 proc.wait(timeout=10)
             del self.procs[port]
             if attempt == tries - 1:
-                log = (self.root / str(port) / "redis.log").read_text(errors="replace")
+                path = self.root / str(port) / "redis.log"
+                log = path.read_text(errors="replace") if path.exists() else "(no log written)"
                 raise RuntimeError(f"redis node {port} never answered; its log:\n{log[-2000:]}")
             self.ports[i] = _node_ports(1, avoid=self.ports)[0]
             self._start_node(exe, self.ports[i])

@@ -156,6 +156,15 @@ def demo(i: int) -> dict[str, object]:
 
 
 async def read_all(store: Store, consumer: str = "learner-a") -> list[tuple[str, dict]]:
+    """Every demonstration the consumer has not read yet. On a cluster an append no replica
+    confirmed within 100 ms waits in the outbox (a loaded machine's replica can be that
+    slow): flushed first, as the gateway's background flusher would, so the stream holds
+    every append these tests made."""
+    for _ in range(50):
+        if not store.demos_buffered:
+            break
+        await store.flush_counters()
+        await asyncio.sleep(0.05)
     out: list[tuple[str, dict]] = []
     while True:
         got = await store.read_demos(TASK, consumer, count=4, block_ms=0)
