@@ -190,9 +190,7 @@ class Policy(ABC):
         of the large LM saves only where it answers more than c of what it runs on: below
         that, running it on everything costs more than the large LM alone, so it runs on its
         learning sample only until its answer share pays for it."""
-        if self.op is None:
-            return False
-        return self.op.threshold <= 0.0 or self.op.answer_share < self.min_answer_share
+        return self.op is not None and not self.op.answering  # the op holds min_answer_share
 
     @property
     def plainly_cannot_pay(self) -> bool:
